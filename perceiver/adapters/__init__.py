@@ -1,0 +1,42 @@
+"""Input adapters, output query providers and output adapters.
+
+Each keeps its constructor arguments in ``module.config``, from which ``perceiver.config.build_module`` rebuilds it.
+"""
+
+from perceiver.adapters.audio import SpectrogramAdapter, mel_filterbank
+from perceiver.adapters.base import InputAdapter, OutputAdapter, QueryProvider
+from perceiver.adapters.classification import ClassificationOutput, ClassificationQuery
+from perceiver.adapters.multimodal import MultimodalAdapter
+from perceiver.adapters.patches import PatchAdapter
+from perceiver.adapters.reconstruction import (
+    ReconstructionOutput,
+    ReconstructionQueries,
+    gather_output_points,
+    sample_output_index,
+)
+from perceiver.adapters.text import CLS_ID, MASK_ID, PAD_ID, SEP_ID, VOCAB_SIZE, ByteAdapter
+from perceiver.adapters.tokens import TokenOutput, TokenQueries
+
+__all__ = [
+    "CLS_ID",
+    "MASK_ID",
+    "PAD_ID",
+    "SEP_ID",
+    "VOCAB_SIZE",
+    "ByteAdapter",
+    "ClassificationOutput",
+    "ClassificationQuery",
+    "InputAdapter",
+    "MultimodalAdapter",
+    "OutputAdapter",
+    "PatchAdapter",
+    "QueryProvider",
+    "ReconstructionOutput",
+    "ReconstructionQueries",
+    "SpectrogramAdapter",
+    "TokenOutput",
+    "TokenQueries",
+    "gather_output_points",
+    "mel_filterbank",
+    "sample_output_index",
+]

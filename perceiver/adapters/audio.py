@@ -1,0 +1,231 @@
+"""Waveforms (B, T) → log-mel spectrogram → time-frequency patch tokens, computed in torch alone."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from perceiver.adapters.base import InputAdapter
+from perceiver.adapters.checks import check_tensor
+from perceiver.masks import pad_mask_from_lengths
+from perceiver.positions import as_shape, build_position_encoding
+
+MEL_SCALES = ("htk", "slaney")
+
+
+def hz_to_mel(hz: Tensor, scale: str) -> Tensor:
+    """HTK: 2595 log10(1 + f / 700). Slaney: linear (3 / 200 mel per Hz) below 1 kHz, logarithmic above."""
+    if scale == "htk":
+        return 2595.0 * torch.log10(1.0 + hz / 700.0)
+    log_step = math.log(6.4) / 27.0
+    return torch.where(hz < 1000.0, hz * 3.0 / 200.0, 15.0 + torch.log(hz.clamp(min=1e-10) / 1000.0) / log_step)
+
+
+def mel_to_hz(mel: Tensor, scale: str) -> Tensor:
+    if scale == "htk":
+        return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+    log_step = math.log(6.4) / 27.0
+    return torch.where(mel < 15.0, mel * 200.0 / 3.0, 1000.0 * torch.exp(log_step * (mel - 15.0)))
+
+
+def mel_filterbank(
+    *, sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None, mel_scale: str = "htk"
+) -> Tensor:
+    """Triangular mel filters (n_fft // 2 + 1, n_mels), float64, each peaking at 1 (no area normalisation).
+
+    Filter ``j`` rises from mel point ``j`` to ``j + 1`` and falls to ``j + 2``, for ``n_mels + 2`` points evenly
+    spaced on the chosen mel scale between ``f_min`` and ``f_max`` (default: the Nyquist frequency).
+    """
+    if mel_scale not in MEL_SCALES:
+        raise ValueError(f"mel_scale: expected one of {MEL_SCALES}, got {mel_scale!r}")
+    f_max = sample_rate / 2 if f_max is None else f_max
+    if not 0 <= f_min < f_max <= sample_rate / 2:
+        raise ValueError(f"f_min, f_max: expected 0 <= f_min < f_max <= {sample_rate / 2}, got {f_min}, {f_max}")
+    fft_freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    limits = hz_to_mel(torch.tensor([f_min, f_max], dtype=torch.float64), mel_scale)
+    points = mel_to_hz(torch.linspace(float(limits[0]), float(limits[1]), n_mels + 2, dtype=torch.float64), mel_scale)
+    widths = points[1:] - points[:-1]
+    offsets = points[None, :] - fft_freqs[:, None]  # (n_freqs, n_mels + 2)
+    rising = -offsets[:, :-2] / widths[:-1]
+    falling = offsets[:, 2:] / widths[1:]
+    return torch.clamp(torch.minimum(rising, falling), min=0.0)
+
+
+class SpectrogramAdapter(InputAdapter):
+    """Waveforms (B, T) at ``sample_rate`` → log-mel patches → tokens (B, M, num_channels) and a pad mask (B, M).
+
+    Spectrogram: ``torch.stft`` with a periodic Hann window of ``n_fft`` samples, ``center=False`` (frame ``t``
+    covers samples ``[t * hop_length, t * hop_length + n_fft)``, so a frame never sees padding nor a reflection of
+    it), power spectrum, mel filterbank (``mel_scale`` ``"htk"`` or ``"slaney"``, filters peaking at 1), then
+    ``log(mel + log_floor)``. With ``normalize`` each sample is standardised by the mean and standard deviation of
+    its own real frames. Frames that reach past a sample's real length, and the frames added to fill the last time
+    patch, are set to 0, so a sample's real tokens are the same whether it is alone or padded in a batch.
+
+    Patches: ``patch_size = (frames, mel bins)``; tokens are time-major (all mel patches of the first time patch,
+    then the next). A patch is padding when all its frames are beyond the sample's length. Positions are absolute
+    cells of the patch grid of ``max_duration`` seconds.
+
+    ``pad_mask`` is per waveform sample (B, T), True = padding, and must be trailing (real samples first). A
+    sample with fewer than ``n_fft`` real samples has all its tokens masked.
+
+    Args:
+        sample_rate: Hz of the waveforms.
+        n_fft: STFT window and frame length in samples.
+        hop_length: samples between frames.
+        n_mels: mel bins; must divide by ``patch_size[1]``.
+        f_min, f_max: frequency range of the filterbank (f_max defaults to sample_rate / 2).
+        mel_scale: ``"htk"`` or ``"slaney"``.
+        max_duration: longest waveform in seconds.
+        patch_size: (frames, mel bins) per patch.
+        embed_channels: width of the linear patch embedding.
+        positions: ``"fourier"`` (concatenated) or ``"learned"`` (added).
+        num_bands: Fourier bands per dimension.
+        normalize: standardise each sample's log-mel over its real frames.
+        log_floor: added to the mel power before the log.
+    """
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        n_mels: int = 64,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        mel_scale: str = "htk",
+        max_duration: float = 10.0,
+        patch_size: int | Sequence[int] = (16, 16),
+        embed_channels: int = 256,
+        positions: str = "fourier",
+        num_bands: int = 32,
+        normalize: bool = True,
+        log_floor: float = 1e-6,
+    ):
+        super().__init__()
+        patch = as_shape(patch_size, "patch_size")
+        patch = patch * 2 if len(patch) == 1 else patch
+        if len(patch) != 2:
+            raise ValueError(f"patch_size: expected (frames, mel bins), got {patch}")
+        if n_mels % patch[1]:
+            raise ValueError(f"n_mels: expected a multiple of the mel patch size {patch[1]}, got {n_mels}")
+        max_samples = round(max_duration * sample_rate)
+        if max_samples < n_fft:
+            raise ValueError(f"max_duration: expected at least one frame ({n_fft} samples), got {max_samples} samples")
+        self.config = dict(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            hop_length=hop_length,
+            n_mels=n_mels,
+            f_min=f_min,
+            f_max=f_max,
+            mel_scale=mel_scale,
+            max_duration=max_duration,
+            patch_size=list(patch),
+            embed_channels=embed_channels,
+            positions=positions,
+            num_bands=num_bands,
+            normalize=normalize,
+            log_floor=log_floor,
+        )
+        self.n_fft, self.hop_length, self.n_mels = n_fft, hop_length, n_mels
+        self.patch_size = patch
+        self.normalize = normalize
+        self.log_floor = log_floor
+        self.max_samples = max_samples
+        fbank = mel_filterbank(
+            sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, f_min=f_min, f_max=f_max, mel_scale=mel_scale
+        )
+        # Kept in float64 and cast where used, so that a float64 forward is exact and a float32 one rounds once.
+        self.register_buffer("filterbank", fbank, persistent=False)
+        self.register_buffer("window", torch.hann_window(n_fft, dtype=torch.float64), persistent=False)
+        max_frames = self.num_frames(max_samples)
+        self.max_grid = (math.ceil(max_frames / patch[0]), n_mels // patch[1])
+        self.embedding = nn.Linear(patch[0] * patch[1], embed_channels)
+        self.positions = build_position_encoding(
+            positions, max_shape=self.max_grid, num_channels=embed_channels, num_bands=num_bands
+        )
+        self.concat_positions = positions == "fourier"
+        self.num_channels = embed_channels + (self.positions.num_channels if self.concat_positions else 0)
+
+    def num_frames(self, num_samples):
+        """Frames that lie wholly within ``num_samples`` samples (an int or a tensor of them)."""
+        if isinstance(num_samples, Tensor):
+            return torch.where(num_samples >= self.n_fft, (num_samples - self.n_fft) // self.hop_length + 1, 0)
+        return (num_samples - self.n_fft) // self.hop_length + 1 if num_samples >= self.n_fft else 0
+
+    def check_input(self, x: Tensor, pad_mask: Tensor | None) -> Tensor:
+        """Validate the waveforms and their mask; return each sample's real length (B,)."""
+        check_tensor(x, "x", kind="float", rank=2, layout="(B, T) of waveform samples")
+        batch_size, length = x.shape
+        if length < self.n_fft:
+            raise ValueError(f"x: expected at least one frame (T >= n_fft = {self.n_fft} samples), got T={length}")
+        if length > self.max_samples:
+            raise ValueError(f"x: expected at most max_duration's {self.max_samples} samples, got T={length}")
+        if pad_mask is None:
+            return torch.full((batch_size,), length, device=x.device)
+        if not isinstance(pad_mask, Tensor) or pad_mask.dtype != torch.bool:
+            got = pad_mask.dtype if isinstance(pad_mask, Tensor) else type(pad_mask).__name__
+            raise TypeError(f"pad_mask: expected a torch.bool tensor (B, T), True = padded sample, got {got}")
+        if tuple(pad_mask.shape) != (batch_size, length):
+            raise ValueError(f"pad_mask: expected shape ({batch_size}, {length}) like x, got {tuple(pad_mask.shape)}")
+        lengths = length - pad_mask.sum(dim=1)
+        if not torch.equal(pad_mask, pad_mask_from_lengths(lengths, length)):
+            raise ValueError("pad_mask: expected trailing padding (each row False then True), got padding elsewhere")
+        return lengths
+
+    def log_mel(self, x: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Log-mel spectrogram (B, F, n_mels), F = frames of T samples, and its frame pad mask (B, F)."""
+        lengths = self.check_input(x, pad_mask)
+        # The power spectrum spans many orders of magnitude: keep it out of autocast's half precision.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._log_mel(x, lengths)
+
+    def _log_mel(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        # torch.stft has no half-precision CPU kernel; the spectrogram is computed in float32 (or float64).
+        signal = x if x.dtype == torch.float64 else x.float()
+        spectrum = torch.stft(
+            signal,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            window=self.window.to(signal.dtype),
+            center=False,
+            return_complex=True,
+        )
+        power = spectrum.real**2 + spectrum.imag**2  # (B, n_freqs, F)
+        mel = torch.einsum("bnf,nm->bfm", power, self.filterbank.to(signal.dtype))
+        log_mel = torch.log(mel + self.log_floor)
+        frame_pad = pad_mask_from_lengths(self.num_frames(lengths), log_mel.shape[1])
+        if self.normalize:
+            real = (~frame_pad)[:, :, None].to(log_mel.dtype)
+            count = real.sum(dim=(1, 2), keepdim=True).clamp(min=1) * self.n_mels
+            mean = (log_mel * real).sum(dim=(1, 2), keepdim=True) / count
+            variance = (((log_mel - mean) * real) ** 2).sum(dim=(1, 2), keepdim=True) / count
+            log_mel = (log_mel - mean) / torch.sqrt(variance + 1e-5)
+        return log_mel.masked_fill(frame_pad[:, :, None], 0.0), frame_pad
+
+    def patchify(self, x: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Log-mel patches (B, M, frames * mel bins), time-major, and their pad mask (B, M)."""
+        log_mel, frame_pad = self.log_mel(x, pad_mask)
+        frames_per_patch = self.patch_size[0]
+        fill = -log_mel.shape[1] % frames_per_patch  # frames that complete the last time patch
+        log_mel = nn.functional.pad(log_mel, (0, 0, 0, fill))
+        frame_pad = nn.functional.pad(frame_pad, (0, fill), value=True)
+        patches = rearrange(log_mel, "b (t pt) (f pf) -> b (t f) (pt pf)", pt=frames_per_patch, pf=self.patch_size[1])
+        time_pad = rearrange(frame_pad, "b (t pt) -> b t pt", pt=frames_per_patch).all(dim=-1)
+        return patches, repeat(time_pad, "b t -> b (t f)", f=self.max_grid[1])
+
+    def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        patches, token_pad = self.patchify(x, pad_mask)
+        tokens = self.embedding(patches.to(self.embedding.weight.dtype))
+        grid = (patches.shape[1] // self.max_grid[1], self.max_grid[1])
+        positions = self.positions.grid(grid, device=x.device).to(tokens.dtype)
+        if self.concat_positions:
+            tokens = torch.cat([tokens, positions.expand(x.shape[0], -1, -1)], dim=-1)
+        else:
+            tokens = tokens + positions
+        return tokens, token_pad

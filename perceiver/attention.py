@@ -1,0 +1,196 @@
+"""Multi-head attention with key padding masks, and the one place that picks how attention is computed.
+
+Backends (``attend(..., backend=...)`` or ``with attention_backend(name):``):
+
+- ``"auto"`` (default): the fused Triton kernels of ``perceiver.kernels`` for CUDA tensors whenever they support the
+  call, PyTorch's ``scaled_dot_product_attention`` (SDPA) otherwise;
+- ``"sdpa"``: always SDPA (which itself picks flash, memory-efficient, cuDNN or math kernels);
+- ``"triton"``: always the Triton kernels (CUDA, or CPU under ``TRITON_INTERPRET=1``); raises if they cannot run;
+- ``"math"``: an explicit softmax(q kᵀ) v in the inputs' own dtype, float64 included; the reference for tests.
+
+Every backend follows the package's mask convention (``pad_mask`` (B, M) bool, True = padding, see
+``perceiver.masks``) and gives a query whose keys are all padding a zero output and zero gradients, never NaN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from perceiver.masks import check_pad_mask
+
+Backend = Literal["auto", "sdpa", "triton", "math"]
+BACKENDS: tuple[str, ...] = ("auto", "sdpa", "triton", "math")
+
+_default_backend: str = "auto"
+
+
+@contextlib.contextmanager
+def attention_backend(backend: Backend) -> Iterator[None]:
+    """Force the attention backend of every module inside the ``with`` block (the argument of ``attend`` wins)."""
+    global _default_backend
+    _check_backend(backend)
+    previous, _default_backend = _default_backend, backend
+    try:
+        yield
+    finally:
+        _default_backend = previous
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+
+
+def _triton_kernels():
+    """The kernels module, or None where triton cannot be imported on this machine."""
+    try:
+        from perceiver import kernels
+    except ImportError:
+        return None
+    return kernels if hasattr(kernels, "attention") else None
+
+
+def _triton_unsupported_reason(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None) -> str | None:
+    kernels = _triton_kernels()
+    if kernels is None:
+        return "perceiver.kernels could not be imported (is triton installed?)"
+    if k.shape[-1] != v.shape[-1]:
+        return f"the kernels need equal qk and v head dims, got {k.shape[-1]} and {v.shape[-1]}"
+    return kernels.unsupported_reason(q, k, v, pad_mask)
+
+
+def resolve_backend(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None = None, backend: str | None = None) -> str:
+    """The backend that ``attend`` will use for this call: ``"triton"``, ``"sdpa"`` or ``"math"``."""
+    backend = _default_backend if backend is None else backend
+    _check_backend(backend)
+    if backend != "auto":
+        return backend
+    if q.is_cuda and _triton_unsupported_reason(q, k, v, pad_mask) is None:
+        return "triton"
+    return "sdpa"
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    pad_mask: Tensor | None = None,
+    *,
+    scale: float | None = None,
+    backend: Backend | None = None,
+) -> Tensor:
+    """softmax(scale · q kᵀ, ignoring padded keys) v.
+
+    q (B, H, N, Dqk), k (B, H, M, Dqk), v (B, H, M, Dv), pad_mask (B, M) bool with True = padding.
+    Returns (B, H, N, Dv). ``scale`` defaults to 1/sqrt(Dqk).
+    """
+    _check_attend_inputs(q, k, v, pad_mask)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    chosen = resolve_backend(q, k, v, pad_mask, backend)
+    if chosen == "triton":
+        reason = _triton_unsupported_reason(q, k, v, pad_mask)
+        if reason is not None:
+            raise RuntimeError(f"attention backend 'triton' cannot run this call: {reason}")
+        return _triton_kernels().attention(q, k, v, pad_mask, scale=scale)
+    if chosen == "sdpa":
+        return _sdpa_attention(q, k, v, pad_mask, scale)
+    return _math_attention(q, k, v, pad_mask, scale)
+
+
+def _check_attend_inputs(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected a 4-D tensor (B, H, length, head_dim), got shape {tuple(t.shape)}")
+    b, h, _, d_qk = q.shape
+    m = k.shape[2]
+    if k.shape[:2] != (b, h) or k.shape[3] != d_qk:
+        raise ValueError(f"k: expected shape ({b}, {h}, M, {d_qk}) to match q {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.shape[:3] != (b, h, m):
+        raise ValueError(f"v: expected shape ({b}, {h}, {m}, Dv) to match k {tuple(k.shape)}, got {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v: expected one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    check_pad_mask(pad_mask, b, m)
+
+
+def _sdpa_attention(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None, scale: float) -> Tensor:
+    if pad_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    # A sample whose keys are all padding would give NaN in some SDPA kernels. Let it attend to everything
+    # (finite values), then zero its output: the zeroing also stops every gradient into that sample.
+    empty = pad_mask.all(dim=1)
+    keep = ~(pad_mask & ~empty[:, None])
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :], scale=scale)
+    return out.masked_fill(empty[:, None, None, None], 0.0)
+
+
+def _math_attention(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None, scale: float) -> Tensor:
+    scores = torch.einsum("bhnd,bhmd->bhnm", q, k) * scale
+    if pad_mask is None:
+        return torch.einsum("bhnm,bhmd->bhnd", scores.softmax(dim=-1), v)
+    ignore = pad_mask[:, None, None, :]
+    # The most negative finite value (not -inf) keeps an all-padding row finite; zeroing the weights afterwards
+    # makes its output and gradients exactly zero.
+    weights = scores.masked_fill(ignore, torch.finfo(scores.dtype).min).softmax(dim=-1).masked_fill(ignore, 0.0)
+    return torch.einsum("bhnm,bhmd->bhnd", weights, v)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention of queries ``x_q`` (B, N, Cq) over keys/values ``x_kv`` (B, M, Ckv).
+
+    Query/key and value channels may differ (Perceiver IO uses narrow qk channels to save compute on long inputs):
+    ``num_qk_channels`` defaults to ``num_q_input_channels``, ``num_v_channels`` to ``num_qk_channels``, and the
+    output has ``num_output_channels`` (default ``num_q_input_channels``).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_heads: int,
+        num_q_input_channels: int,
+        num_kv_input_channels: int,
+        num_qk_channels: int | None = None,
+        num_v_channels: int | None = None,
+        num_output_channels: int | None = None,
+        backend: Backend | None = None,
+    ):
+        super().__init__()
+        num_qk_channels = num_q_input_channels if num_qk_channels is None else num_qk_channels
+        num_v_channels = num_qk_channels if num_v_channels is None else num_v_channels
+        num_output_channels = num_q_input_channels if num_output_channels is None else num_output_channels
+        for name, channels in (("num_qk_channels", num_qk_channels), ("num_v_channels", num_v_channels)):
+            if channels % num_heads != 0:
+                raise ValueError(f"{name}: expected a multiple of num_heads={num_heads}, got {channels}")
+        if backend is not None:
+            _check_backend(backend)
+        self.num_heads = num_heads
+        self.num_q_input_channels = num_q_input_channels
+        self.num_kv_input_channels = num_kv_input_channels
+        self.backend = backend
+        self.q_proj = nn.Linear(num_q_input_channels, num_qk_channels)
+        self.k_proj = nn.Linear(num_kv_input_channels, num_qk_channels)
+        self.v_proj = nn.Linear(num_kv_input_channels, num_v_channels)
+        self.o_proj = nn.Linear(num_v_channels, num_output_channels)
+
+    def forward(self, x_q: Tensor, x_kv: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+        _check_channels("x_q", x_q, self.num_q_input_channels)
+        _check_channels("x_kv", x_kv, self.num_kv_input_channels)
+        if x_q.shape[0] != x_kv.shape[0]:
+            raise ValueError(f"x_kv: expected batch size {x_q.shape[0]} (as x_q), got {x_kv.shape[0]}")
+        split = "b n (h d) -> b h n d"
+        q = rearrange(self.q_proj(x_q), split, h=self.num_heads)
+        k = rearrange(self.k_proj(x_kv), split, h=self.num_heads)
+        v = rearrange(self.v_proj(x_kv), split, h=self.num_heads)
+        out = attend(q, k, v, pad_mask, backend=self.backend)
+        return self.o_proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
+def _check_channels(name: str, x: Tensor, channels: int) -> None:
+    if x.dim() != 3 or x.shape[-1] != channels:
+        raise ValueError(f"{name}: expected shape (B, length, {channels}), got {tuple(x.shape)}")

@@ -1,0 +1,1 @@
+"""Sharded webdataset pipelines: shard writers for the shipped datasets, readers and collation."""

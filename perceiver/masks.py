@@ -1,0 +1,45 @@
+"""The one mask convention of the package.
+
+A **pad mask** is a boolean tensor of shape (B, M) that is ``True`` where token ``m`` of sample ``b`` is padding,
+that is, where attention must ignore it. ``None`` means that no token of the batch is padding. Every input adapter
+returns ``(tokens, pad_mask)`` in this convention, the attention modules accept it as ``pad_mask``, the data
+collation produces it, and the decoder's optional query mask uses it for output queries.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def pad_mask_from_lengths(lengths: Tensor, max_length: int | None = None) -> Tensor:
+    """Pad mask (B, max_length) for samples whose first ``lengths[b]`` tokens are real."""
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths: expected a 1-D tensor (B,), got shape {tuple(lengths.shape)}")
+    if max_length is None:
+        max_length = int(lengths.max()) if lengths.numel() else 0
+    positions = torch.arange(max_length, device=lengths.device)
+    return positions[None, :] >= lengths[:, None]
+
+
+def check_pad_mask(pad_mask: Tensor | None, batch_size: int, length: int, name: str = "pad_mask") -> None:
+    """Raise a clear error unless ``pad_mask`` is None or a bool tensor of shape (batch_size, length)."""
+    if pad_mask is None:
+        return
+    if not isinstance(pad_mask, Tensor):
+        raise TypeError(f"{name}: expected a bool tensor of shape ({batch_size}, {length}) or None, got {type(pad_mask).__name__}")
+    if pad_mask.dtype != torch.bool:
+        raise TypeError(f"{name}: expected dtype torch.bool (True = padding), got {pad_mask.dtype}")
+    if tuple(pad_mask.shape) != (batch_size, length):
+        raise ValueError(f"{name}: expected shape ({batch_size}, {length}), got {tuple(pad_mask.shape)}")
+
+
+def merge_pad_masks(masks: list[Tensor | None], lengths: list[int], batch_size: int, device) -> Tensor | None:
+    """Concatenate per-part pad masks along the token axis; parts without a mask count as unpadded."""
+    if all(mask is None for mask in masks):
+        return None
+    parts = [
+        mask if mask is not None else torch.zeros(batch_size, length, dtype=torch.bool, device=device)
+        for mask, length in zip(masks, lengths)
+    ]
+    return torch.cat(parts, dim=1)

@@ -1,0 +1,1 @@
+"""A small training loop for the experiments: schedules, AMP, atomic checkpoints, DDP, wandb logging."""

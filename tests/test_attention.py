@@ -1,0 +1,109 @@
+import pytest
+import torch
+
+from perceiver.attention import MultiHeadAttention, attend, attention_backend, resolve_backend
+
+
+def reference_attention(q, k, v, pad_mask, scale):
+    """Float64, one sample at a time, over only the keys that are not padding: independent of the masking tricks."""
+    q, k, v = q.double(), k.double(), v.double()
+    out = torch.zeros(*q.shape[:3], v.shape[-1], dtype=torch.float64)
+    for b in range(q.shape[0]):
+        keep = torch.ones(k.shape[2], dtype=torch.bool) if pad_mask is None else ~pad_mask[b]
+        if keep.any():
+            scores = q[b] @ k[b][:, keep].transpose(-1, -2) * scale
+            out[b] = scores.softmax(dim=-1) @ v[b][:, keep]
+    return out
+
+
+def random_inputs(b=3, h=2, n=5, m=11, d_qk=8, d_v=8, dtype=torch.float32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, n, d_qk, generator=generator, dtype=dtype)
+    k = torch.randn(b, h, m, d_qk, generator=generator, dtype=dtype)
+    v = torch.randn(b, h, m, d_v, generator=generator, dtype=dtype)
+    pad_mask = torch.rand(b, m, generator=generator) < 0.4
+    pad_mask[0] = True  # a sample whose keys are all padding
+    pad_mask[1, 0] = False
+    return q, k, v, pad_mask
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+@pytest.mark.parametrize("d_v", [8, 12])
+def test_backends_match_float64_reference(backend, d_v):
+    q, k, v, pad_mask = random_inputs(d_v=d_v)
+    out = attend(q, k, v, pad_mask, backend=backend)
+    expected = reference_attention(q, k, v, pad_mask, scale=8**-0.5)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_math_backend_is_exact_in_float64():
+    q, k, v, pad_mask = random_inputs(dtype=torch.float64)
+    out = attend(q, k, v, pad_mask, scale=0.3, backend="math")
+    torch.testing.assert_close(out, reference_attention(q, k, v, pad_mask, scale=0.3), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+def test_all_padding_sample_gives_zero_output_and_zero_finite_gradients(backend):
+    q, k, v, pad_mask = random_inputs()
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    out = attend(q, k, v, pad_mask, backend=backend)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    (out * torch.randn_like(out)).sum().backward()
+    for t in (q, k, v):
+        assert torch.isfinite(t.grad).all()
+        assert torch.equal(t.grad[0], torch.zeros_like(t.grad[0]))
+    assert q.grad[1:].abs().sum() > 0
+
+
+def test_gradients_of_sdpa_match_math_in_float64():
+    q, k, v, pad_mask = random_inputs(dtype=torch.float64)
+    grads = {}
+    for backend in ("sdpa", "math"):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        attend(*leaves, pad_mask, backend=backend).pow(2).sum().backward()
+        grads[backend] = [t.grad for t in leaves]
+    for ours, reference in zip(grads["sdpa"], grads["math"]):
+        torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
+
+
+def test_auto_backend_is_sdpa_on_cpu_and_can_be_forced():
+    q, k, v, pad_mask = random_inputs()
+    assert resolve_backend(q, k, v, pad_mask) == "sdpa"
+    with attention_backend("math"):
+        assert resolve_backend(q, k, v, pad_mask) == "math"
+        assert resolve_backend(q, k, v, pad_mask, backend="sdpa") == "sdpa"
+    assert resolve_backend(q, k, v, pad_mask) == "sdpa"
+    with pytest.raises(ValueError, match="backend"):
+        attend(q, k, v, backend="fast")
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda q, k, v, m: (q[0], k, v, m), "q: expected a 4-D tensor"),
+        (lambda q, k, v, m: (q, k[..., :4], v, m), r"k: expected shape \(3, 2, M, 8\)"),
+        (lambda q, k, v, m: (q, k, v[:, :, :3], m), r"v: expected shape \(3, 2, 11, Dv\)"),
+        (lambda q, k, v, m: (q, k, v, m[:, :4]), r"pad_mask: expected shape \(3, 11\), got \(3, 4\)"),
+        (lambda q, k, v, m: (q, k, v, m.float()), "pad_mask: expected dtype torch.bool"),
+        (lambda q, k, v, m: (q, k.double(), v, m), "q, k, v: expected one dtype"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(change, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        attend(*change(*random_inputs()))
+
+
+def test_multi_head_attention_ignores_padded_keys():
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(num_heads=2, num_q_input_channels=6, num_kv_input_channels=5, num_qk_channels=4)
+    x_q, x_kv = torch.randn(1, 3, 6), torch.randn(1, 7, 5)
+    alone = attention(x_q, x_kv)
+    padded_kv = torch.cat([x_kv, 100 * torch.randn(1, 4, 5)], dim=1)
+    pad_mask = torch.tensor([[False] * 7 + [True] * 4])
+    torch.testing.assert_close(attention(x_q, padded_kv, pad_mask), alone, rtol=1e-5, atol=1e-6)
+    assert alone.shape == (1, 3, 6)
+    with pytest.raises(ValueError, match=r"x_kv: expected shape \(B, length, 5\)"):
+        attention(x_q, torch.randn(1, 7, 4))
+    with pytest.raises(ValueError, match="num_qk_channels: expected a multiple of num_heads=3"):
+        MultiHeadAttention(num_heads=3, num_q_input_channels=8, num_kv_input_channels=8)
