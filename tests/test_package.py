@@ -1,6 +1,6 @@
-import pytest
-
 import importlib
+
+import pytest
 
 
 def test_kernels_install_as_a_subpackage():
