@@ -1,0 +1,409 @@
+"""Train-step time and peak memory of our PerceiverIO beside Hugging Face's and lucidrains' Perceivers, in one run.
+
+    python experiments/bench_peers.py                 # configs a (CPU) and b (GPU; skipped without CUDA)
+    python experiments/bench_peers.py --config a --repeats 5 --warmup 2
+    python experiments/bench_peers.py --quick --out /tmp/bench   # tiny smoke run
+
+A step is: forward, cross-entropy on the class logits, backward, AdamW step, on random inputs and labels. Each
+implementation runs in a fresh subprocess (so that its peak memory is its own): ``warmup`` steps, then ``repeats``
+timed steps, of which the median is reported. Ours uses its default attention dispatch (PyTorch SDPA on CPU, the
+Triton kernels on CUDA).
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the rise of the process's peak resident set
+(``ru_maxrss``) above its size before the model was built (parameters, optimizer state, activations, allocator
+slack).
+
+Configs (the same architecture in all three implementations; the one output query reads 10 class logits):
+
+- ``a`` (CPU): B=16, M=4096 input tokens of 64 channels, N=256 latents of 256 channels, 6 latent self-attention layers
+  with 8 heads, 1 cross-attention head with qk = v = 256 channels, MLP widening 1.
+- ``b`` (GPU): Perceiver IO's ImageNet config A: 224×224 pixels with 2-D Fourier features (64 bands, 261 channels,
+  M=50176), N=512, D=1024, 8 blocks × 6 self-attention layers sharing weights, 1 cross head with qk = v = 261
+  channels (HF's ``"kv"`` rule), 8 self-attention heads, widening 1; at the largest batch each implementation fits
+  (``--find-max-batch``) and at ``--batch``.
+- ``quick``: a tiny config for a smoke test.
+
+What cannot be made identical: lucidrains' MLPs are GEGLU (its first linear is twice as wide; we set its width
+multiplier to the widening factor), its q/k/v projections have no bias, and its weight tying ties every layer, so in
+config b it computes the same 48 layers with one layer's weights instead of 6. Inputs are given to all three as
+precomputed tokens (pixels + Fourier features in config b): the parameter-free preprocessing is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+IMPLEMENTATIONS = ("ours", "transformers", "perceiver-pytorch")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    batch_size: int
+    num_inputs: int  # M
+    input_channels: int  # C
+    num_latents: int  # N
+    latent_channels: int  # D
+    layers_per_block: int
+    num_blocks: int  # repeats of one shared block
+    self_heads: int
+    cross_heads: int
+    cross_qk_channels: int
+    widening: int
+    num_classes: int
+    device: str
+
+
+CONFIGS = {
+    "a": BenchConfig(16, 4096, 64, 256, 256, 6, 1, 8, 1, 256, 1, 10, "cpu"),
+    "b": BenchConfig(8, 224 * 224, 261, 512, 1024, 6, 8, 8, 1, 261, 1, 1000, "cuda"),
+    "quick": BenchConfig(2, 64, 16, 16, 32, 2, 1, 4, 1, 32, 1, 10, "cpu"),
+}
+
+
+# --- the three models ---------------------------------------------------------------------------------------------
+
+
+def build_ours(cfg: BenchConfig):
+    from torch import nn
+
+    from perceiver import PerceiverDecoder, PerceiverEncoder, PerceiverIO
+    from perceiver.adapters import ClassificationOutput, ClassificationQuery, InputAdapter
+
+    class PrecomputedTokens(InputAdapter):
+        """Tokens (B, M, C) as given: the benchmark feeds every implementation the same tokens."""
+
+        def __init__(self, *, num_channels: int):
+            super().__init__()
+            self.config = dict(num_channels=num_channels)
+            self.num_channels = num_channels
+
+        def forward(self, x, pad_mask=None):
+            return x, pad_mask
+
+    encoder = PerceiverEncoder(
+        num_input_channels=cfg.input_channels,
+        num_latents=cfg.num_latents,
+        num_latent_channels=cfg.latent_channels,
+        num_cross_attention_heads=cfg.cross_heads,
+        num_cross_attention_qk_channels=cfg.cross_qk_channels,
+        num_cross_attention_v_channels=cfg.cross_qk_channels,
+        cross_attention_widening_factor=cfg.widening,
+        num_self_attention_heads=cfg.self_heads,
+        num_self_attention_layers_per_block=cfg.layers_per_block,
+        num_self_attention_blocks=cfg.num_blocks,
+        first_self_attention_block_shared=True,
+        self_attention_widening_factor=cfg.widening,
+    )
+    decoder = PerceiverDecoder(
+        query_provider=ClassificationQuery(num_channels=cfg.latent_channels),
+        output_adapter=ClassificationOutput(num_channels=cfg.latent_channels, num_classes=cfg.num_classes),
+        num_latent_channels=cfg.latent_channels,
+        cross_attention_widening_factor=cfg.widening,
+        query_residual=True,
+    )
+    model: nn.Module = PerceiverIO(
+        input_adapter=PrecomputedTokens(num_channels=cfg.input_channels), encoder=encoder, decoder=decoder
+    )
+    return model, lambda tokens: model(tokens)
+
+
+def build_transformers(cfg: BenchConfig):
+    from transformers import PerceiverConfig, PerceiverModel
+    from transformers.models.perceiver.modeling_perceiver import PerceiverClassificationDecoder
+
+    config = PerceiverConfig(
+        num_latents=cfg.num_latents,
+        d_latents=cfg.latent_channels,
+        d_model=cfg.input_channels,
+        num_blocks=cfg.num_blocks,
+        num_self_attends_per_block=cfg.layers_per_block,
+        num_self_attention_heads=cfg.self_heads,
+        num_cross_attention_heads=cfg.cross_heads,
+        # config.qk_channels applies to cross- and self-attention alike: set it only where both agree with cfg.
+        qk_channels=cfg.cross_qk_channels if cfg.cross_qk_channels == cfg.latent_channels else None,
+        v_channels=cfg.cross_qk_channels if cfg.cross_qk_channels == cfg.latent_channels else None,
+        cross_attention_shape_for_attention="kv",
+        self_attention_widening_factor=cfg.widening,
+        cross_attention_widening_factor=cfg.widening,
+        attention_probs_dropout_prob=0.0,
+        num_labels=cfg.num_classes,
+    )
+    if config.qk_channels is None and cfg.cross_qk_channels != cfg.input_channels:
+        raise ValueError(f"cross_qk_channels: HF can express {cfg.latent_channels} or {cfg.input_channels} here")
+    decoder = PerceiverClassificationDecoder(
+        config,
+        num_channels=cfg.latent_channels,
+        trainable_position_encoding_kwargs=dict(num_channels=cfg.latent_channels, index_dims=1),
+        use_query_residual=True,
+        widening_factor=cfg.widening,
+    )
+    model = PerceiverModel(config, input_preprocessor=None, decoder=decoder)
+    return model, lambda tokens: model(inputs=tokens).logits
+
+
+def build_perceiver_pytorch(cfg: BenchConfig):
+    import torch
+    from perceiver_pytorch import PerceiverIO
+    from torch import nn
+
+    model = PerceiverIO(
+        dim=cfg.input_channels,
+        queries_dim=cfg.latent_channels,
+        logits_dim=cfg.num_classes,
+        depth=cfg.layers_per_block * cfg.num_blocks,
+        num_latents=cfg.num_latents,
+        latent_dim=cfg.latent_channels,
+        cross_heads=cfg.cross_heads,
+        latent_heads=cfg.self_heads,
+        cross_dim_head=cfg.cross_qk_channels // cfg.cross_heads,
+        latent_dim_head=cfg.latent_channels // cfg.self_heads,
+        weight_tie_layers=cfg.num_blocks > 1,
+        decoder_ff=True,
+    )
+    # Its feed-forwards are GEGLU with a fixed width multiplier of 4; give them our widening factor instead.
+    for module in model.modules():
+        if type(module).__name__ == "FeedForward":
+            linears = [i for i, layer in enumerate(module.net) if isinstance(layer, nn.Linear)]
+            dim = module.net[linears[0]].in_features
+            module.net[linears[0]] = nn.Linear(dim, dim * cfg.widening * 2)
+            module.net[linears[-1]] = nn.Linear(dim * cfg.widening, dim)
+    query = nn.Parameter(torch.randn(1, cfg.latent_channels) * 0.02)
+    model.register_parameter("class_query", query)
+    return model, lambda tokens: model(tokens, queries=query)[:, 0]
+
+
+BUILDERS = {"ours": build_ours, "transformers": build_transformers, "perceiver-pytorch": build_perceiver_pytorch}
+# Imported before the memory baseline is taken, so that a library's import is not counted as its model's memory.
+MODULES = {
+    "ours": ("perceiver", "perceiver.adapters"),
+    "transformers": ("transformers", "transformers.models.perceiver.modeling_perceiver"),
+    "perceiver-pytorch": ("perceiver_pytorch",),
+}
+
+
+# --- one measurement (in a subprocess) ------------------------------------------------------------------------------
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as file:
+        return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure(impl: str, cfg: BenchConfig, warmup: int, repeats: int, seed: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    for module in MODULES[impl]:
+        importlib.import_module(module)
+    torch.manual_seed(seed)
+    device = torch.device(cfg.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.init()
+    baseline = current_rss_bytes()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    model, forward = BUILDERS[impl](cfg)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tokens = torch.randn(cfg.batch_size, cfg.num_inputs, cfg.input_channels, device=device)
+    labels = torch.randint(cfg.num_classes, (cfg.batch_size,), device=device)
+
+    def step() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(forward(tokens), labels)
+        loss.backward()
+        optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        step()
+    times = [step() for _ in range(repeats)]
+    if cuda:
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+    median = statistics.median(times)
+    return dict(
+        implementation=impl,
+        batch_size=cfg.batch_size,
+        parameters=sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
+        step_seconds_median=median,
+        step_seconds_min=min(times),
+        step_seconds_max=max(times),
+        samples_per_second=cfg.batch_size / median,
+        peak_memory_mib=peak / 2**20,
+        step_seconds=times,
+    )
+
+
+def run_in_subprocess(impl: str, cfg: BenchConfig, args) -> dict:
+    command = [
+        sys.executable, __file__, "--worker", impl, "--worker-config", json.dumps(asdict(cfg)),
+        "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--seed", str(args.seed),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no error output"]
+        out_of_memory = "out of memory" in done.stderr.lower()
+        return dict(implementation=impl, batch_size=cfg.batch_size, error=tail[0], out_of_memory=out_of_memory)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def largest_batch(impl: str, cfg: BenchConfig, args, limit: int = 1024) -> dict | None:
+    """The measurement at the largest power-of-two batch that runs, or None if even batch 1 fails."""
+    best, batch = None, 1
+    while batch <= limit:
+        result = run_in_subprocess(impl, BenchConfig(**{**asdict(cfg), "batch_size": batch}), args)
+        if "error" in result:
+            break
+        best, batch = result, batch * 2
+    return best
+
+
+# --- the run and its report -----------------------------------------------------------------------------------------
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("torch", "transformers", "perceiver-pytorch", "perceiver-triton", "triton"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def machine() -> dict:
+    import torch
+
+    info = dict(
+        platform=platform.platform(),
+        processor=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+    )
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def load_line() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# Peer benchmark: train step (forward + backward + AdamW)",
+        "",
+        f"- date: {report['date']}",
+        f"- machine: {report['machine']}",
+        f"- versions: {report['versions']}",
+        f"- load before: {report['load_before']}",
+        f"- load after: {report['load_after']}",
+        f"- warm-up steps {report['warmup']}, timed steps {report['repeats']} (median reported)",
+    ]
+    for name, section in report["configs"].items():
+        lines += ["", f"## Config {name}", "", f"`{section['config']}`", ""]
+        if "skipped" in section:
+            lines.append(f"Not measured: {section['skipped']}")
+            continue
+        lines += [
+            "| implementation | batch | parameters | step (s, median) | min–max (s) | samples/s | peak memory (MiB) "
+            "| step time ÷ ours |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        ours = {r["batch_size"]: r for r in section["results"] if r["implementation"] == "ours" and "error" not in r}
+        for r in section["results"]:
+            if "error" in r:
+                lines.append(f"| {r['implementation']} | {r['batch_size']} | | failed: {r['error'][:80]} | | | | |")
+                continue
+            base = ours.get(r["batch_size"])
+            ratio = f"{r['step_seconds_median'] / base['step_seconds_median']:.2f}" if base else ""
+            lines.append(
+                f"| {r['implementation']} | {r['batch_size']} | {r['parameters'] / 1e6:.3f} M | "
+                f"{r['step_seconds_median']:.3f} | {r['step_seconds_min']:.3f}–{r['step_seconds_max']:.3f} | "
+                f"{r['samples_per_second']:.1f} | {r['peak_memory_mib']:.0f} | {ratio} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", nargs="+", choices=["a", "b"], default=["a", "b"])
+    parser.add_argument("--quick", action="store_true", help="tiny config, 1 warm-up and 2 timed steps")
+    parser.add_argument("--implementations", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
+    parser.add_argument("--batch", type=int, default=None, help="override the config's batch size")
+    parser.add_argument("--find-max-batch", action="store_true", help="GPU: also measure each at its largest batch")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="directory for the results")
+    parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-config", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        cfg = BenchConfig(**json.loads(args.worker_config))
+        print(json.dumps(measure(args.worker, cfg, args.warmup, args.repeats, args.seed)))
+        return None
+
+    import torch
+
+    if args.quick:
+        args.config, args.warmup, args.repeats = ["quick"], 1, 2
+    report = dict(
+        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        machine=machine(),
+        versions=versions(),
+        load_before=load_line(),
+        warmup=args.warmup,
+        repeats=args.repeats,
+        configs={},
+    )
+    for name in args.config:
+        cfg = CONFIGS[name]
+        if args.batch is not None:
+            cfg = BenchConfig(**{**asdict(cfg), "batch_size": args.batch})
+        section: dict = dict(config=asdict(cfg))
+        report["configs"][name] = section
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            section["skipped"] = "no CUDA device on this machine"
+            continue
+        section["results"] = [run_in_subprocess(impl, cfg, args) for impl in args.implementations]
+        if args.find_max_batch and cfg.device == "cuda":
+            for impl in args.implementations:
+                best = largest_batch(impl, cfg, args)
+                if best is not None:
+                    section["results"].append({**best, "largest_batch": True})
+        print(f"config {name} done ({load_line()})", file=sys.stderr)
+    report["load_after"] = load_line()
+    text = markdown(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_peers.md").write_text(text)
+    (args.out / "bench_peers.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(text)
+    return report
+
+
+if __name__ == "__main__":
+    main()
