@@ -311,10 +311,23 @@ def load_line() -> str:
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
+def was_busy(report: dict) -> bool:
+    """Whether the 1-minute load average before or after the run exceeded half the CPUs (timings then inflate)."""
+    loads = [report.get("load_average_before", [0.0])[0], report.get("load_average_after", [0.0])[0]]
+    return max(loads) > 0.5 * (report["machine"].get("cpu_count") or 1)
+
+
 def markdown(report: dict) -> str:
-    lines = [
-        "# Peer benchmark: train step (forward + backward + AdamW)",
-        "",
+    lines = ["# Peer benchmark: train step (forward + backward + AdamW)", ""]
+    if was_busy(report):
+        lines += [
+            "**The machine was busy during this run** (load average above half its CPUs): the timings are inflated "
+            "and noisy, and say nothing about targets. Re-run on an idle machine.",
+            "",
+        ]
+    if report.get("note"):
+        lines += [report["note"], ""]
+    lines += [
         f"- date: {report['date']}",
         f"- machine: {report['machine']}",
         f"- versions: {report['versions']}",
@@ -357,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--note", default="", help="a line to print above the results (e.g. how the run was made)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="directory for the results")
     parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     parser.add_argument("--worker-config", help=argparse.SUPPRESS)
@@ -375,7 +389,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         machine=machine(),
         versions=versions(),
+        note=args.note,
         load_before=load_line(),
+        load_average_before=list(os.getloadavg()),
         warmup=args.warmup,
         repeats=args.repeats,
         configs={},
@@ -397,6 +413,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                     section["results"].append({**best, "largest_batch": True})
         print(f"config {name} done ({load_line()})", file=sys.stderr)
     report["load_after"] = load_line()
+    report["load_average_after"] = list(os.getloadavg())
     text = markdown(report)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_peers.md").write_text(text)
