@@ -5,8 +5,9 @@
     python experiments/bench_peers.py --quick --out /tmp/bench   # tiny smoke run
 
 A step is: forward, cross-entropy on the class logits, backward, AdamW step, on random inputs and labels. Each
-implementation runs in a fresh subprocess (so that its peak memory is its own): ``warmup`` steps, then ``repeats``
-timed steps, of which the median is reported. Ours uses its default attention dispatch (PyTorch SDPA on CPU, the
+implementation lives in its own subprocess (so that its peak memory is its own); they take turns step by step
+(``warmup`` rounds, then ``repeats`` timed rounds), so that all see the same machine load, and the median of each
+one's timed steps is reported. Ours uses its default attention dispatch (PyTorch SDPA on CPU, the
 Triton kernels on CUDA).
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the rise of the process's peak resident set
@@ -32,7 +33,7 @@ precomputed tokens (pixels + Fourier features in config b): the parameter-free p
 from __future__ import annotations
 
 import argparse
-import importlib
+import gc
 import json
 import os
 import platform
@@ -40,6 +41,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -184,12 +186,6 @@ def build_perceiver_pytorch(cfg: BenchConfig):
 
 
 BUILDERS = {"ours": build_ours, "transformers": build_transformers, "perceiver-pytorch": build_perceiver_pytorch}
-# Imported before the memory baseline is taken, so that a library's import is not counted as its model's memory.
-MODULES = {
-    "ours": ("perceiver", "perceiver.adapters"),
-    "transformers": ("transformers", "transformers.models.perceiver.modeling_perceiver"),
-    "perceiver-pytorch": ("perceiver_pytorch",),
-}
 
 
 # --- one measurement (in a subprocess) ------------------------------------------------------------------------------
@@ -200,20 +196,12 @@ def current_rss_bytes() -> int:
         return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(impl: str, cfg: BenchConfig, warmup: int, repeats: int, seed: int) -> dict:
+def train_step(impl: str, cfg: BenchConfig, device):
+    """The model and a function that runs one timed train step of it on fixed random data (returns seconds)."""
     import torch
     import torch.nn.functional as F
 
-    for module in MODULES[impl]:
-        importlib.import_module(module)
-    torch.manual_seed(seed)
-    device = torch.device(cfg.device)
     cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.init()
-    baseline = current_rss_bytes()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
     model, forward = BUILDERS[impl](cfg)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -232,45 +220,118 @@ def measure(impl: str, cfg: BenchConfig, warmup: int, repeats: int, seed: int) -
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    for _ in range(warmup):
-        step()
-    times = [step() for _ in range(repeats)]
+    return model, step
+
+
+def serve(impl: str, cfg: BenchConfig, seed: int) -> None:
+    """Worker: build the model, print ``ready``, then time one step per ``step`` line on stdin; ``done`` reports.
+
+    Steps are driven by the parent so that the implementations take turns step by step: on a machine shared with
+    other jobs, each then sees the same load, rather than one of them a quiet minute and another a busy one.
+    """
+    import torch
+
+    device = torch.device(cfg.device)
+    cuda = device.type == "cuda"
+    # One step of a tiny model of the same implementation first: the libraries load code and allocate buffers
+    # lazily on a first step, which would otherwise count as this model's memory.
+    tiny = BenchConfig(**{**asdict(CONFIGS["quick"]), "batch_size": 1, "device": cfg.device})
+    train_step(impl, tiny, device)[1]()
+    gc.collect()
+    torch.manual_seed(seed)
+    baseline = current_rss_bytes()
     if cuda:
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
-    median = statistics.median(times)
-    return dict(
-        implementation=impl,
-        batch_size=cfg.batch_size,
-        parameters=sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
-        step_seconds_median=median,
-        step_seconds_min=min(times),
-        step_seconds_max=max(times),
-        samples_per_second=cfg.batch_size / median,
-        peak_memory_mib=peak / 2**20,
-        step_seconds=times,
-    )
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model, step = train_step(impl, cfg, device)
+
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "step":
+            print(json.dumps(step()), flush=True)
+            continue
+        if cuda:
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline, 0)
+        parameters = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        print(json.dumps(dict(parameters=parameters, peak_memory_mib=peak / 2**20)), flush=True)
+        return
 
 
-def run_in_subprocess(impl: str, cfg: BenchConfig, args) -> dict:
-    command = [
-        sys.executable, __file__, "--worker", impl, "--worker-config", json.dumps(asdict(cfg)),
-        "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--seed", str(args.seed),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-1:] or ["no error output"]
-        out_of_memory = "out of memory" in done.stderr.lower()
-        return dict(implementation=impl, batch_size=cfg.batch_size, error=tail[0], out_of_memory=out_of_memory)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class Worker:
+    """One implementation's subprocess (see ``serve``); stderr goes to a file so that it can never block."""
+
+    def __init__(self, impl: str, cfg: BenchConfig, seed: int):
+        self.impl, self.cfg, self.error = impl, cfg, None
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        command = [sys.executable, __file__, "--worker", impl, "--worker-config", json.dumps(asdict(cfg)),
+                   "--seed", str(seed)]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True
+        )
+        self.times: list[float] = []
+
+    def expect(self) -> str | None:
+        line = self.process.stdout.readline()
+        if not line and self.error is None:
+            self.process.wait()
+            self.stderr.seek(0)
+            tail = self.stderr.read().strip().splitlines()[-1:] or [f"exit status {self.process.returncode}"]
+            self.error = tail[0]
+        return line or None
+
+    def request(self, command: str) -> str | None:
+        if self.error is not None:
+            return None
+        try:
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass
+        return self.expect()
+
+    def result(self) -> dict:
+        final = self.request("done")
+        self.process.wait()
+        self.stderr.close()
+        if self.error is not None or final is None:
+            out_of_memory = "out of memory" in (self.error or "").lower()
+            return dict(implementation=self.impl, batch_size=self.cfg.batch_size, error=self.error,
+                        out_of_memory=out_of_memory)
+        median = statistics.median(self.times)
+        return dict(
+            implementation=self.impl,
+            batch_size=self.cfg.batch_size,
+            **json.loads(final),
+            step_seconds_median=median,
+            step_seconds_min=min(self.times),
+            step_seconds_max=max(self.times),
+            samples_per_second=self.cfg.batch_size / median,
+            step_seconds=self.times,
+        )
+
+
+def measure_side_by_side(impls: list[str], cfg: BenchConfig, args) -> list[dict]:
+    """Warm-up then timed steps, the implementations taking turns step by step; one result per implementation."""
+    workers = [Worker(impl, cfg, args.seed) for impl in impls]
+    for worker in workers:
+        worker.expect()  # "ready" (or the error that stopped it)
+    for round_ in range(args.warmup + args.repeats):
+        for worker in workers:
+            # A short pause lets the previous worker's OpenMP threads stop spinning before the next one starts.
+            time.sleep(0.1)
+            reply = worker.request("step")
+            if reply is not None and round_ >= args.warmup:
+                worker.times.append(float(reply))
+    return [worker.result() for worker in workers]
 
 
 def largest_batch(impl: str, cfg: BenchConfig, args, limit: int = 1024) -> dict | None:
     """The measurement at the largest power-of-two batch that runs, or None if even batch 1 fails."""
     best, batch = None, 1
     while batch <= limit:
-        result = run_in_subprocess(impl, BenchConfig(**{**asdict(cfg), "batch_size": batch}), args)
+        (result,) = measure_side_by_side([impl], BenchConfig(**{**asdict(cfg), "batch_size": batch}), args)
         if "error" in result:
             break
         best, batch = result, batch * 2
@@ -377,8 +438,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = parser.parse_args(argv)
 
     if args.worker:
-        cfg = BenchConfig(**json.loads(args.worker_config))
-        print(json.dumps(measure(args.worker, cfg, args.warmup, args.repeats, args.seed)))
+        serve(args.worker, BenchConfig(**json.loads(args.worker_config)), args.seed)
         return None
 
     import torch
@@ -405,7 +465,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         if cfg.device == "cuda" and not torch.cuda.is_available():
             section["skipped"] = "no CUDA device on this machine"
             continue
-        section["results"] = [run_in_subprocess(impl, cfg, args) for impl in args.implementations]
+        section["results"] = measure_side_by_side(args.implementations, cfg, args)
         if args.find_max_batch and cfg.device == "cuda":
             for impl in args.implementations:
                 best = largest_batch(impl, cfg, args)
