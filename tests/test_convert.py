@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -213,3 +216,15 @@ def test_unsupported_models_raise_a_clear_error(name):
     build, message = UNSUPPORTED[name]
     with pytest.raises(UnsupportedModelError, match=message):
         from_huggingface(build())
+
+
+def test_the_parity_doc_snippets_run(tmp_path, monkeypatch, capsys):
+    """docs/parity.md becomes a README section: its Python snippets must run as they are."""
+    doc = Path(__file__).resolve().parents[1] / "docs" / "parity.md"
+    snippets = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.DOTALL)
+    assert snippets
+    monkeypatch.chdir(tmp_path)
+    for number, snippet in enumerate(snippets, start=1):
+        exec(compile(snippet, f"docs/parity.md python snippet {number}", "exec"), {"__name__": "parity_doc"})
+    assert (tmp_path / "hf-perceiver-mlm").is_dir()
+    assert capsys.readouterr().out.split() == ["True"]  # the snippet's comparison of converted and HF outputs
