@@ -24,7 +24,8 @@ What differs, by design:
   the output bias). Real positions agree.
 - Image positions. HF recomputes Fourier positions in [-1, 1] for each input size; ours are absolute cells of the
   ``image_size`` grid. They agree on images of ``image_size`` (what the classifiers were trained on).
-- HF computes Fourier features in float32 whatever the model's dtype; ours uses the model's dtype (float64 included).
+- HF computes Fourier features in float32 whatever the model's dtype; ours computes them in float64 for float64
+  inputs (float32 otherwise), so float64 outputs differ by HF's float32 rounding (about 1e-5).
 
 Not convertible (``UnsupportedModelError``): ``prep_type="pixels"`` with ``spatial_downsample > 1`` (HF slices the
 batch and channel axes of a 4-D input instead of height and width, so there is no correct behaviour to match), the

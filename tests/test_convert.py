@@ -29,6 +29,7 @@ from transformers import (  # noqa: E402
     PerceiverForImageClassificationFourier,
     PerceiverForImageClassificationLearned,
     PerceiverForMaskedLM,
+    PerceiverForOpticalFlow,
     PerceiverForSequenceClassification,
     PerceiverModel,
 )
@@ -133,6 +134,27 @@ def test_fourier_image_classification_matches_huggingface():
     torch.testing.assert_close(ours32(images.float()), hf32(inputs=images.float()).logits, rtol=1e-4, atol=1e-4)
 
 
+def test_fourier_image_classification_matches_huggingface_to_float64_precision_with_float64_features(monkeypatch):
+    """The only difference above is HF's float32 Fourier features: computed in float64, the outputs agree to 1e-10."""
+    def float64_positions(index_dims, output_range=(-1.0, 1.0), device=None):
+        axes = [torch.linspace(*output_range, n, dtype=torch.float64, device=device) for n in index_dims]
+        return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+
+    monkeypatch.setattr(transformers.models.perceiver.modeling_perceiver, "build_linear_positions", float64_positions)
+    hf = randomized(PerceiverForImageClassificationFourier(small_config(num_cross_attention_heads=1)))
+    ours = from_huggingface(hf)
+    images = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # HF builds its frequency bands in the default dtype
+    try:
+        expected = hf(inputs=images).logits
+    finally:
+        torch.set_default_dtype(default_dtype)
+    with attention_backend("math"):
+        got = ours(images)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
 def test_patch_preprocessor_with_classification_decoder_matches_huggingface():
     config = small_config(d_latents=16, num_cross_attention_heads=1)
     preprocessor = PerceiverImagePreprocessor(
@@ -204,6 +226,8 @@ UNSUPPORTED = {
                   "prep_type: expected 'pixels' or 'patches'.*got 'conv'"),
     "conv1x1-learned": (lambda: PerceiverForImageClassificationLearned(small_config(num_cross_attention_heads=1)),
                         "got 'conv1x1'"),
+    "optical-flow": (lambda: PerceiverForOpticalFlow(small_config(num_cross_attention_heads=1, train_size=[8, 8])),
+                     "conv_after_patching: expected False"),
     "not-a-perceiver": (lambda: torch.nn.Linear(2, 2), "expected a transformers Perceiver model.*got Linear"),
     "other-vocabulary": (lambda: PerceiverForMaskedLM(small_config(vocab_size=300)),
                          r"vocab_size: expected 262 \(HF's byte tokenizer\), got 300"),

@@ -139,7 +139,9 @@ class PatchAdapter(InputAdapter):
         patches = self.patchify(x)
         tokens = patches if self.embedding is None else self.embedding(patches)
         grid = [n // p for n, p in zip(x.shape[2:], self.patch_size)]
-        positions = self.positions.grid(grid, device=x.device).to(tokens.dtype)
+        # Fourier features in float64 for a float64 input (phases reach pi * max_resolution / 2), float32 otherwise.
+        precision = torch.float64 if x.dtype == torch.float64 else torch.float32
+        positions = self.positions.grid(grid, device=x.device, dtype=precision).to(tokens.dtype)
         if self.concat_positions:
             tokens = torch.cat([tokens, positions.expand(x.shape[0], -1, -1)], dim=-1)
         else:
