@@ -61,8 +61,12 @@ class PositionEncoding(nn.Module):
         strides = [math.prod(self.max_shape[d + 1 :]) for d in range(len(shape))]
         return (cells * torch.tensor(strides, device=device)).sum(-1)
 
-    def grid(self, shape: Sequence[int], device=None) -> Tensor:
-        """Encodings (prod(shape), num_channels) of the top-left ``shape`` corner of the grid, row-major."""
+    def grid(self, shape: Sequence[int], device=None, dtype: torch.dtype | None = None) -> Tensor:
+        """Encodings (prod(shape), num_channels) of the top-left ``shape`` corner of the grid, row-major.
+
+        ``dtype``: the precision in which computed encodings (Fourier features) are computed, float32 by default;
+        learned encodings are returned as stored.
+        """
         # grid_index is valid by construction, so skip at_index's range check (it would sync a GPU).
         return self.encode_index(self.grid_index(shape, device=device))
 
@@ -147,6 +151,10 @@ class FourierPositionEncoding(PositionEncoding):
 
     def encode_index(self, index: Tensor) -> Tensor:
         return self.forward(self.index_to_positions(index))
+
+    def grid(self, shape: Sequence[int], device=None, dtype: torch.dtype | None = None) -> Tensor:
+        index = self.grid_index(shape, device=device)
+        return self.forward(self.index_to_positions(index, dtype=torch.float32 if dtype is None else dtype))
 
 
 class LearnedPositionEncoding(PositionEncoding):

@@ -54,6 +54,9 @@ class PatchAdapter(InputAdapter):
         embed_channels: width of the linear patch embedding, or None for raw mode.
         positions: ``"fourier"`` or ``"learned"``.
         num_bands: Fourier bands per dimension.
+        max_resolution: per-dimension resolution whose Nyquist frequency is the highest Fourier band; defaults to
+            the patch grid of ``max_size``. (Checkpoints converted from other implementations fix it, e.g. at
+            (224, 224) pixels, whatever the image size.)
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class PatchAdapter(InputAdapter):
         embed_channels: int | None = 256,
         positions: str = "fourier",
         num_bands: int = 32,
+        max_resolution: int | Sequence[int] | None = None,
     ):
         super().__init__()
         max_size = as_shape(max_size, "max_size")
@@ -87,6 +91,7 @@ class PatchAdapter(InputAdapter):
             embed_channels=embed_channels,
             positions=positions,
             num_bands=num_bands,
+            max_resolution=None if max_resolution is None else list(as_shape(max_resolution, "max_resolution")),
         )
         self.in_channels = in_channels
         self.max_size = max_size
@@ -98,7 +103,11 @@ class PatchAdapter(InputAdapter):
         width = self.patch_channels if embed_channels is None else embed_channels
         # Fourier bands reach the Nyquist frequency of the grid of patches, the finest detail positions can tell.
         self.positions = build_position_encoding(
-            positions, max_shape=self.max_grid, num_channels=width, num_bands=num_bands
+            positions,
+            max_shape=self.max_grid,
+            num_channels=width,
+            num_bands=num_bands,
+            max_resolution=self.config["max_resolution"],
         )
         self.concat_positions = positions == "fourier"
         self.num_channels = width + (self.positions.num_channels if self.concat_positions else 0)
@@ -130,7 +139,9 @@ class PatchAdapter(InputAdapter):
         patches = self.patchify(x)
         tokens = patches if self.embedding is None else self.embedding(patches)
         grid = [n // p for n, p in zip(x.shape[2:], self.patch_size)]
-        positions = self.positions.grid(grid, device=x.device).to(tokens.dtype)
+        # Fourier features in float64 for a float64 input (phases reach pi * max_resolution / 2), float32 otherwise.
+        precision = torch.float64 if x.dtype == torch.float64 else torch.float32
+        positions = self.positions.grid(grid, device=x.device, dtype=precision).to(tokens.dtype)
         if self.concat_positions:
             tokens = torch.cat([tokens, positions.expand(x.shape[0], -1, -1)], dim=-1)
         else:
