@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from perceiver.data import codecs
 from perceiver.data.shards import ShardWriter
-from perceiver.data.sources import SOURCES, get_source
+from perceiver.data.sources import SOURCES, Source, get_source
 
 
 def encode_sample(sample: dict) -> dict:
@@ -41,10 +41,15 @@ def build_dataset(
     """Write ``NAME-{split}-%06d.tar`` shards of ``name`` under ``out_dir``; returns split → shard paths.
 
     ``splits`` defaults to all of the dataset's splits; ``limit`` caps the samples per split (a seeded subset);
-    ``source`` overrides where the raw data is read from. Raises ``DataSourceError`` (with the install command) when
-    the source is missing. The same arguments always write the same bytes.
+    ``source`` overrides where the raw data is read from (a path, or a ``Source`` object). Raises ``DataSourceError``
+    (with the install command) when the source is missing. The same arguments write the same bytes in a fresh
+    process (espeak-ng keeps state between utterances, so a second spoken-digits build in one process can differ by
+    a few audio samples).
     """
-    source = get_source(name, source)
+    if not isinstance(source, Source):
+        source = get_source(name, source)
+    elif source.name != name:
+        raise ValueError(f"source: expected a source of {name!r}, got one of {source.name!r}")
     splits = source.splits if splits is None else tuple([splits] if isinstance(splits, str) else splits)
     for split in splits:
         if split not in source.splits:

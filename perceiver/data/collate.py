@@ -26,7 +26,7 @@ def collate(samples: list[dict], *, corrupt: int = 0) -> dict:
     """Samples with fields ``image`` (C, H, W), ``audio`` (T,), ``text`` (L,) uint8, ``label``, ``meta``, ``key``.
 
     Returns a dict with the fields the samples have, plus ``corrupt`` (the count given). A field some samples lack
-    cannot be batched and raises, naming the keys without it.
+    cannot be batched and raises, naming the keys without it (except ``meta``, given as ``{}``).
     """
     if not samples:
         raise ValueError("samples: expected at least one sample to collate, got an empty list")
@@ -35,6 +35,9 @@ def collate(samples: list[dict], *, corrupt: int = 0) -> dict:
     for field in ("image", "audio", "text", "label", "meta"):
         present = [field in sample for sample in samples]
         if not any(present):
+            continue
+        if field == "meta":  # metadata is optional per sample
+            batch["meta"] = [sample.get("meta", {}) for sample in samples]
             continue
         if not all(present):
             missing = [key for key, has in zip(keys, present) if not has]
@@ -49,8 +52,6 @@ def collate(samples: list[dict], *, corrupt: int = 0) -> dict:
             batch["audio"], batch["audio_pad_mask"] = pad_sequences(values, 0.0, torch.float32)
         elif field == "text":
             batch["text"], batch["text_pad_mask"] = pad_sequences(values, PAD_ID, torch.int64)
-        elif field == "label":
-            batch["label"] = torch.tensor(values, dtype=torch.int64)
         else:
-            batch["meta"] = values
+            batch["label"] = torch.tensor(values, dtype=torch.int64)
     return batch

@@ -9,6 +9,8 @@ from perceiver.data.sources.mnist5k import MNIST5k
 from perceiver.data.sources.shakespeare import Shakespeare
 from perceiver.data.sources.spoken_digits import SpokenDigits
 
+__all__ = ["SOURCES", "Source", "get_source"]
+
 SOURCES: dict[str, type[Source]] = {
     source.name: source for source in (FashionMNIST, MNIST5k, SpokenDigits, Shakespeare, AVDigits)
 }

