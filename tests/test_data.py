@@ -77,7 +77,7 @@ def unbatch(batches):
 @pytest.mark.parametrize(
     "name, split",
     [("fashion-mnist", "train"), ("mnist-5k", "train"), ("spoken-digits", "train"), ("spoken-digits", "real"),
-     ("shakespeare", "train"), ("av-digits", "test")],
+     ("shakespeare", "train"), ("av-digits", "test"), ("spoken-letters", "test"), ("emoji", "test")],
 )
 def test_round_trip_gives_back_the_source_samples(tmp_path, name, split):
     # The samples are recorded as the build makes them: espeak-ng output is reproducible per process, not per call.
@@ -129,6 +129,16 @@ def test_spoken_digits_test_voices_are_never_heard_in_training(tmp_path):
     train_variants, test_variants = split_variants(source.variants() if hasattr(source, "variants") else
                                                    sorted({variant(s) for s in train_specs + test_specs}))
     assert voices["test"] <= set(test_variants)
+
+
+def test_emoji_and_spoken_letters_splits_are_disjoint():
+    for name in ("emoji", "spoken-letters"):
+        source = get_source(name)
+        try:
+            train, test = set(source.specs("train", 0)), set(source.specs("test", 0))
+        except DataSourceError as error:
+            pytest.fail(f"data source missing: {error}")
+        assert train and test and train.isdisjoint(test) and len(train) > 4 * len(test)
 
 
 def test_shakespeare_test_works_are_never_read_in_training(tmp_path):
@@ -334,4 +344,5 @@ def test_cli_builds_shards(tmp_path, capsys):
                      "--shard-size", "3"]) == 0
     assert len(find_shards(tmp_path, "fashion-mnist", "test")) == 3
     assert "fashion-mnist/test: 3 shard(s)" in capsys.readouterr().out
-    assert set(DATASETS) >= {"fashion-mnist", "mnist-5k", "spoken-digits", "shakespeare", "av-digits"}
+    assert set(DATASETS) == {"fashion-mnist", "mnist-5k", "spoken-digits", "shakespeare", "av-digits",
+                             "spoken-letters", "emoji"}
