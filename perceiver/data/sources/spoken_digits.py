@@ -12,7 +12,7 @@ import pathlib
 import random
 import re
 
-from perceiver.data.sources.base import Source, seeded_order
+from perceiver.data.sources.base import Source, seeded_order, stored_audio
 from perceiver.data.sources.espeak import INSTALL as ESPEAK_INSTALL
 from perceiver.data.sources.espeak import synthesizer
 
@@ -71,14 +71,13 @@ class SpokenDigits(Source):
 
             _, digit, path = spec
             waveform, rate = soundfile.read(path, dtype="int16")
-            return {"key": f"asterisk_allison_{digit}", "audio": waveform, "sample_rate": rate, "label": digit,
+            return {"key": f"asterisk_allison_{digit}", **stored_audio(waveform, rate), "label": digit,
                     "meta": {"voice": "asterisk-allison", "word": WORDS[digit], "speech": "real"}}
         _, digit, voice, rate, pitch = spec
         espeak = synthesizer()
         waveform = espeak.speak(WORDS[digit], voice=voice, rate=rate, pitch=pitch)
-        return {"key": f"{safe(voice)}_{digit}", "audio": waveform, "sample_rate": espeak.sample_rate,
-                "label": digit, "meta": {"voice": voice, "word": WORDS[digit], "rate": rate, "pitch": pitch,
-                                         "speech": "espeak-ng"}}
+        return {"key": f"{safe(voice)}_{digit}", **stored_audio(waveform, espeak.sample_rate), "label": digit,
+                "meta": {"voice": voice, "word": WORDS[digit], "rate": rate, "pitch": pitch, "speech": "espeak-ng"}}
 
 
 def digit_waveforms(source: SpokenDigits, split: str, seed: int) -> dict[int, list]:

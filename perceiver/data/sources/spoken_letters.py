@@ -9,8 +9,7 @@ from __future__ import annotations
 import pathlib
 
 
-from perceiver.data.codecs import to_pcm16
-from perceiver.data.sources.base import Source, seeded_order
+from perceiver.data.sources.base import Source, seeded_order, stored_audio
 
 TEST_FRACTION = 0.15
 
@@ -54,8 +53,8 @@ class SpokenLetters(Source):
         waveform, rate = soundfile.read(path, dtype="float32", always_2d=True)
         text = path.stem.split("-")[0]  # "a-01.ogg" is the first recording of "a"
         kind = path.parent.name  # "alpha" (letters) or "syllab" (syllables)
-        return {"key": f"{language}_{kind}_{path.stem}".replace(".", "_"), "audio": to_pcm16(waveform.mean(axis=1)),
-                "sample_rate": rate, "text": text, "label": self.languages().index(language),
+        key = f"{language}_{kind}_{path.stem}".replace(".", "_")
+        return {"key": key, **stored_audio(waveform.mean(axis=1), rate), "text": text, "label": self.languages().index(language),
                 "meta": {"language": language, "kind": kind, "file": path.name}}
 
 
