@@ -21,6 +21,7 @@ import os
 import pathlib
 import random
 import re
+import sys
 import warnings
 
 import torch
@@ -85,6 +86,13 @@ class CorruptCounter:
     def skip(self, shard: str, key: str, problem: str) -> None:
         self.count += 1
         message = f"skipping corrupt sample {key!r} in shard {shard}: {problem}"
+        logger.warning(message)
+        warnings.warn(message, CorruptSampleWarning, stacklevel=2)
+
+    def note(self, shard: str, where: str, problem: str) -> None:
+        """Report damage that costs no sample by itself (e.g. a skipped tar header); the sample it hit is counted
+        when it turns out incomplete."""
+        message = f"shard {shard}: {problem} at {where}"
         logger.warning(message)
         warnings.warn(message, CorruptSampleWarning, stacklevel=2)
 
@@ -171,10 +179,8 @@ class ShardStream(IterableDataset):
     def _read(self, urls, counter: CorruptCounter):
         for url in urls:
             required = self.required if self.required is not None else required_fields(url)
-            report = lambda where, problem, url=url: warnings.warn(  # noqa: E731
-                f"shard {url}: {problem} at {where}", CorruptSampleWarning, stacklevel=2)
             try:
-                for raw in iter_raw_samples(url, report):
+                for raw in iter_raw_samples(url, lambda where, problem, url=url: counter.note(url, where, problem)):
                     try:
                         yield decode_sample(raw, required=required, **self.decode_args)
                     except CorruptSampleError as error:
@@ -224,7 +230,8 @@ def make_loader(
 
     ``rank``/``world_size`` default to torch.distributed or env RANK/WORLD_SIZE. ``required`` overrides the fields
     a sample must have (default: the dataset's fields when the shard names a known dataset). Call
-    ``loader.dataset.set_epoch(e)`` or build a new loader to change the epoch.
+    ``loader.dataset.set_epoch(e)`` or build a new loader to change the epoch. With ``drop_last`` the skips counted
+    after a worker's last full batch are not reported in a batch (they are still warned about).
     """
     shards = [str(shards)] if isinstance(shards, (str, os.PathLike)) else [str(shard) for shard in shards]
     if not shards:
@@ -242,5 +249,6 @@ def make_loader(
                          seed=seed, epoch=epoch, rank=rank, world_size=world_size, sample_rate=sample_rate,
                          max_audio_seconds=max_audio_seconds, max_text_bytes=max_text_bytes, drop_last=drop_last,
                          required=required)
-    return DataLoader(stream, batch_size=None, num_workers=num_workers,
-                      persistent_workers=False, multiprocessing_context="fork" if num_workers else None)
+    # Forked workers start at once with the parent's imports (scipy, PIL, soundfile); elsewhere the default.
+    context = "fork" if num_workers and sys.platform.startswith("linux") else None
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, multiprocessing_context=context)

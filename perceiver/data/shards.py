@@ -113,17 +113,22 @@ def iter_members(path: str, report: Callable[[str, str], None]) -> Iterator[tupl
     (dropped); iteration goes on after a damaged header.
     """
     with open(path, "rb") as file:
-        offset, long_name = 0, None
+        offset, long_name, resyncing = 0, None, False
         while True:
             block = file.read(BLOCK)
-            if len(block) < BLOCK or block == bytes(BLOCK):
-                if 0 < len(block) < BLOCK:
+            if len(block) < BLOCK:
+                if block and not resyncing:
                     report(f"offset {offset}", "truncated tar header")
                 return
+            if block == bytes(BLOCK) and not resyncing:  # end of archive (while resyncing: zeros inside data)
+                return
             if not _valid_header(block):
-                report(f"offset {offset}", "damaged tar header (checksum mismatch); scanning for the next one")
+                if not resyncing and block != bytes(BLOCK):
+                    report(f"offset {offset}", "damaged tar header (checksum mismatch); scanning for the next one")
+                    resyncing = True
                 offset += BLOCK
                 continue
+            resyncing = False
             size, kind = _header_size(block), block[156:157]
             padded = (size + BLOCK - 1) // BLOCK * BLOCK
             data = file.read(padded)
