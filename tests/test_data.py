@@ -218,6 +218,19 @@ def test_collate_pads_and_masks_variable_lengths():
         collate([samples[0], {"key": "c", "text": samples[0]["text"], "label": 0}])
 
 
+def test_crops_and_resampling_on_read(built):
+    text = read_all(built("shakespeare", "train"), max_text_bytes=10)
+    assert all(b["text"].shape[1] <= 10 for b in text) and any(b["text"].shape[1] == 10 for b in text)
+    full = read_all(built("spoken-digits", "train"))
+    half_rate = read_all(built("spoken-digits", "train"), sample_rate=8000)
+    cropped = read_all(built("spoken-digits", "train"), max_audio_seconds=0.125)
+    for whole, half, crop in zip(full, half_rate, cropped):
+        lengths = (~whole["audio_pad_mask"]).sum(1)
+        assert ((~half["audio_pad_mask"]).sum(1) == (lengths + 1) // 2).all()
+        assert ((~crop["audio_pad_mask"]).sum(1) == lengths.clamp(max=2000)).all()
+        torch.testing.assert_close(crop["audio"][:, :2000], whole["audio"][:, :2000])
+
+
 # --- corrupt data -------------------------------------------------------------------------------------------------
 
 def members(path):

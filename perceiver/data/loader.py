@@ -225,6 +225,7 @@ def make_loader(
     rank: int | None = None,
     world_size: int | None = None,
     required: tuple[str, ...] | None = None,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """An iterable of batches (dicts; see ``perceiver.data.collate``) over ``shards`` (paths or one path).
 
@@ -251,4 +252,5 @@ def make_loader(
                          required=required)
     # Forked workers start at once with the parent's imports (scipy, PIL, soundfile); elsewhere the default.
     context = "fork" if num_workers and sys.platform.startswith("linux") else None
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, multiprocessing_context=context)
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, multiprocessing_context=context,
+                      pin_memory=pin_memory)
