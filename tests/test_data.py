@@ -6,7 +6,6 @@ Tests that need a Debian or PyPI data package fail (never skip) with the command
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import tarfile
 import warnings

@@ -56,7 +56,8 @@ def find_shards(directory, name: str, split: str) -> list[str]:
 
 
 def distributed_position(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(rank, world size): the arguments, else an initialized torch.distributed, else env RANK/WORLD_SIZE, else (0, 1)."""
+    """(rank, world size): the arguments, else torch.distributed when initialized, else env RANK/WORLD_SIZE, else
+    (0, 1)."""
     if rank is not None or world_size is not None:
         if rank is None or world_size is None:
             raise ValueError(f"rank and world_size: pass both or neither, got rank={rank}, world_size={world_size}")

@@ -21,7 +21,7 @@ TEST_FRACTION = 0.15
 
 
 def read_emoji_test(path: pathlib.Path) -> list[tuple[str, str, str]]:
-    """(emoji, name, group) of every fully-qualified emoji, in file order; the skin-tone "Component" group is left out."""
+    """(emoji, name, group) of every fully-qualified emoji in file order, without the skin-tone "Component" group."""
     entries, group = [], ""
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("# group:"):

@@ -21,8 +21,17 @@ class SpokenLetters(Source):
     install = "apt-get install -y --no-install-recommends klettres-data"
     default_root = pathlib.Path("/usr/share/klettres")
 
+    def __init__(self, root=None):
+        super().__init__(root)
+        self._clips: dict[str, list[pathlib.Path]] | None = None
+
     def clips(self) -> dict[str, list[pathlib.Path]]:
         """Language → its .ogg clips (sorted), for the languages that have any."""
+        if self._clips is None:
+            self._clips = self._find_clips()
+        return self._clips
+
+    def _find_clips(self) -> dict[str, list[pathlib.Path]]:
         root = self.require(self.root or self.default_root)
         by_language = {}
         for language in sorted(path.name for path in root.iterdir() if path.is_dir()):
@@ -54,7 +63,8 @@ class SpokenLetters(Source):
         text = path.stem.split("-")[0]  # "a-01.ogg" is the first recording of "a"
         kind = path.parent.name  # "alpha" (letters) or "syllab" (syllables)
         key = f"{language}_{kind}_{path.stem}".replace(".", "_")
-        return {"key": key, **stored_audio(waveform.mean(axis=1), rate), "text": text, "label": self.languages().index(language),
+        return {"key": key, **stored_audio(waveform.mean(axis=1), rate), "text": text,
+                "label": self.languages().index(language),
                 "meta": {"language": language, "kind": kind, "file": path.name}}
 
 
