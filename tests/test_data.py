@@ -189,6 +189,7 @@ def test_order_is_a_function_of_seed_and_epoch(twelve_shards):
     assert order(seed=0, epoch=0) != order(seed=0, epoch=1)
     assert sorted(order(seed=0, epoch=0)) == sorted(order(seed=0, epoch=1))
     assert order(seed=0, epoch=0) != order(seed=1, epoch=0)
+    assert order(seed=0, epoch=2, num_workers=2) == order(seed=0, epoch=2, num_workers=2)
 
 
 def test_resampled_mode_is_infinite(twelve_shards):

