@@ -42,9 +42,8 @@ def build_dataset(
 
     ``splits`` defaults to all of the dataset's splits; ``limit`` caps the samples per split (a seeded subset);
     ``source`` overrides where the raw data is read from (a path, or a ``Source`` object). Raises ``DataSourceError``
-    (with the install command) when the source is missing. The same arguments write the same bytes in a fresh
-    process (espeak-ng keeps state between utterances, so a second spoken-digits build in one process can differ by
-    a few audio samples).
+    (with the install command) when the source is missing. The same arguments always write the same bytes, and a
+    sample's bytes do not depend on the limit or on which splits are built with it.
     """
     if not isinstance(source, Source):
         source = get_source(name, source)
