@@ -36,7 +36,7 @@ def build_or_fail(name, out_dir, **kwargs):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """Each dataset's first split (and spoken-digits' real split), LIMIT samples in shards of 5."""
+    """get(name, split): shards of LIMIT samples in shards of 5, built once per module on first use."""
     root = tmp_path_factory.mktemp("shards")
     cache = {}
 
@@ -45,7 +45,6 @@ def built(tmp_path_factory):
             cache[name, split] = build_or_fail(name, root, splits=[split], limit=LIMIT, shard_size=5)[split]
         return cache[name, split]
 
-    get.root = root
     return get
 
 
