@@ -194,6 +194,11 @@ def test_order_is_a_function_of_seed_and_epoch(twelve_shards):
     assert order(seed=0, epoch=2, num_workers=2) == order(seed=0, epoch=2, num_workers=2)
 
 
+def test_drop_last_drops_only_the_partial_batch(twelve_shards):
+    batches = list(make_loader(twelve_shards, batch_size=7, drop_last=True, shuffle=False))
+    assert [len(b["key"]) for b in batches] == [7] * 8  # 60 samples: 8 full batches, 4 dropped
+
+
 def test_resampled_mode_is_infinite(twelve_shards):
     loader = make_loader(twelve_shards[:2], batch_size=4, mode="resampled")
     batches = [batch for _, batch in zip(range(8), loader)]  # 32 samples from 10: it must repeat
@@ -297,17 +302,26 @@ def test_missing_field_is_skipped(one_shard):
     assert sum(b["corrupt"] for b in batches) == 1 and "missing field" in messages[0] and keys[3] in messages[0]
 
 
-def test_truncated_shard_keeps_every_sample_before_the_cut(one_shard):
+@pytest.mark.parametrize("cut", ["in sample 3's image", "in sample 3's first header", "before sample 3",
+                                 "in sample 2's last header"])
+def test_truncated_shard_keeps_every_sample_before_the_cut(one_shard, cut):
     path, keys = one_shard
-    entries = members(path)
-    cut_member = next(i for i, (info, _) in enumerate(entries) if info.name == f"{keys[3]}.png")
-    offset = entries[cut_member][0].offset_data + 10  # ten bytes into sample 3's image
-    data = path.read_bytes()
-    path.write_bytes(data[:offset])
+    info = {entry.name: entry for entry, _ in members(path)}
+    first_of_3 = info[f"{keys[3]}.cls"].offset  # members are written in sorted field order: cls, json, png
+    offset = {
+        "in sample 3's image": info[f"{keys[3]}.png"].offset_data + 10,
+        "in sample 3's first header": first_of_3 + 100,
+        "before sample 3": first_of_3,
+        "in sample 2's last header": info[f"{keys[2]}.png"].offset + 100,
+    }[cut]
+    path.write_bytes(path.read_bytes()[:offset])
     batches, messages = read_with_warnings([str(path)], batch_size=2)
-    assert keys_of(batches) == keys[:3]
+    survivors = keys[:2] if cut == "in sample 2's last header" else keys[:3]
+    assert keys_of(batches) == survivors
     assert sum(b["corrupt"] for b in batches) == 1
-    assert any(keys[3] in m and "truncated" in m and str(path) in m for m in messages)
+    assert any("truncated" in m and str(path) in m for m in messages)
+    if cut == "in sample 3's image":
+        assert any(keys[3] in m for m in messages)
 
 
 def test_damaged_tar_header_costs_only_its_own_sample(one_shard):

@@ -183,9 +183,13 @@ class ShardStream(IterableDataset):
             try:
                 for raw in iter_raw_samples(url, lambda where, problem, url=url: counter.note(url, where, problem)):
                     try:
-                        yield decode_sample(raw, required=required, **self.decode_args)
+                        sample = decode_sample(raw, required=required, **self.decode_args)
                     except CorruptSampleError as error:
                         counter.skip(url, raw["__key__"], str(error))
+                        continue
+                    yield sample
+                    if "__truncated_after__" in raw:  # this sample is whole, so the cut lost (at least) the next
+                        counter.skip(url, f"<the sample after {raw['__key__']}>", raw["__truncated_after__"])
             except OSError as error:  # an unreadable shard file: report it and go on with the next shard
                 counter.skip(url, "<whole shard>", f"{type(error).__name__}: {error}")
 
@@ -201,14 +205,22 @@ class ShardStream(IterableDataset):
         yield from buffer
 
     def _batch(self, samples, counter: CorruptCounter):
-        batch = []
+        """Batches of ``batch_size`` samples, each with the skips counted up to when it leaves.
+
+        A full batch waits until the next sample has been read (or the stream has ended) before it leaves, so that
+        skips found after a worker's last sample still reach a batch, also when ``drop_last`` drops a partial one.
+        """
+        full, batch = None, []
         for sample in samples:
+            if full is not None:
+                yield collate(full, corrupt=counter.take())
+                full = None
             batch.append(sample)
             if len(batch) == self.batch_size:
-                yield collate(batch, corrupt=counter.take())
-                batch = []
-        if batch and not self.drop_last:
-            yield collate(batch, corrupt=counter.take())
+                full, batch = batch, []
+        for last in (full, batch if not self.drop_last else None):
+            if last:
+                yield collate(last, corrupt=counter.take())
 
 
 def make_loader(
@@ -234,8 +246,8 @@ def make_loader(
 
     ``rank``/``world_size`` default to torch.distributed or env RANK/WORLD_SIZE. ``required`` overrides the fields
     a sample must have (default: the dataset's fields when the shard names a known dataset). Call
-    ``loader.dataset.set_epoch(e)`` or build a new loader to change the epoch. With ``drop_last`` the skips counted
-    after a worker's last full batch are not reported in a batch (they are still warned about).
+    ``loader.dataset.set_epoch(e)`` or build a new loader to change the epoch. A worker that yields no batch at all
+    (every sample it read was corrupt) can only warn about its skips, not count them in a batch.
     """
     shards = [str(shards)] if isinstance(shards, (str, os.PathLike)) else [str(shard) for shard in shards]
     if not shards:

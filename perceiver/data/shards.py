@@ -116,9 +116,9 @@ def iter_members(path: str, report: Callable[[str, str], None]) -> Iterator[tupl
         offset, long_name, resyncing = 0, None, False
         while True:
             block = file.read(BLOCK)
-            if len(block) < BLOCK:
-                if block and not resyncing:
-                    report(f"offset {offset}", "truncated tar header")
+            if len(block) < BLOCK:  # the end of the file before the end-of-archive blocks: the shard was cut
+                if not resyncing:
+                    report(f"offset {offset}", "truncated tar header" if block else "truncated tar (no end blocks)")
                 return
             if block == bytes(BLOCK) and not resyncing:  # end of archive (while resyncing: zeros inside data)
                 return
@@ -158,8 +158,10 @@ def iter_raw_samples(path: str, report: Callable[[str, str], None]) -> Iterator[
     """Group consecutive members with the same key into samples ``{"__key__", "__shard__", field: bytes}``.
 
     A sample whose member was cut off by a truncated shard comes out with ``"__damaged__"`` set to the problem, so
-    that the decoder counts and reports it like any other corrupt sample. A damaged header is reported here; the
-    sample that lost the member then lacks a field, which the decoder counts.
+    that the decoder counts and reports it like any other corrupt sample. When the cut falls between members (or in
+    a header), the last sample read carries ``"__truncated_after__"``: it is counted as corrupt if it turns out
+    incomplete, and otherwise one lost sample after it is counted. A damaged header is reported here; the sample
+    that lost the member then lacks a field, which the decoder counts.
     """
     current: dict | None = None
     truncated: list[tuple[str, str]] = []
@@ -182,6 +184,8 @@ def iter_raw_samples(path: str, report: Callable[[str, str], None]) -> Iterator[
         key = split_name(where)[0] if not where.startswith("offset ") else where
         if current is not None and current["__key__"] == key:
             current["__damaged__"] = problem
+        elif current is not None and where.startswith("offset "):
+            current["__truncated_after__"] = f"{problem} at {where}"
         else:
             if current is not None:
                 yield current
