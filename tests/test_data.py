@@ -165,6 +165,7 @@ def keys_of(loader):
     return [key for batch in loader for key in batch["key"]]
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")  # more workers than cores
 def test_epoch_sees_each_sample_once_across_2_ranks_and_3_workers(twelve_shards):
     all_keys = keys_of(make_loader(twelve_shards, batch_size=7, shuffle=False))
     assert len(all_keys) == 60 == len(set(all_keys))

@@ -17,7 +17,7 @@ def pad_sequences(sequences: list[np.ndarray], pad_value, dtype: torch.dtype) ->
     padded = torch.full((len(sequences), length), pad_value, dtype=dtype)
     pad_mask = torch.ones((len(sequences), length), dtype=torch.bool)
     for row, sequence in enumerate(sequences):
-        padded[row, : len(sequence)] = torch.from_numpy(np.asarray(sequence)).to(dtype)
+        padded[row, : len(sequence)] = torch.from_numpy(np.array(sequence)).to(dtype)  # a copy: inputs may be read-only
         pad_mask[row, : len(sequence)] = False
     return padded, pad_mask
 
