@@ -197,7 +197,8 @@ def train(
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint["scaler"]:  # empty when saved without fp16 loss scaling
+            scaler.load_state_dict(checkpoint["scaler"])
         step, position, corrupt_total = checkpoint["step"], checkpoint["data_position"], checkpoint["corrupt_samples"]
         saved_rng = checkpoint["rng"]
         if is_main:

@@ -67,6 +67,7 @@ class Tracker:
 
     def log(self, values: dict[str, Any], *, step: int) -> None:
         if not self.active or not values:
+            _close_figures(values)
             return
         try:
             self._wandb.log({key: self._loggable(value) for key, value in values.items()}, step=step)
