@@ -70,7 +70,7 @@ def build_parser(description: str, *, name: str, defaults: dict[str, Any] | None
     optimization.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     optimization.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
     optimization.add_argument("--weight-decay", type=float, default=0.01)
-    optimization.add_argument("--warmup-steps", type=int, default=100)
+    optimization.add_argument("--warmup-steps", type=int, default=None, help="default: a tenth of --max-steps")
     optimization.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr (cosine decay)")
     optimization.add_argument("--grad-clip", type=float, default=1.0, help="max global gradient norm; 0 = off")
     optimization.add_argument("--log-every", type=int, default=10)
@@ -94,12 +94,14 @@ def build_parser(description: str, *, name: str, defaults: dict[str, Any] | None
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Reject values no run can use, naming the flag."""
+    """Reject values no run can use, naming the flag; fill in defaults that depend on other flags."""
     for flag in ("max_steps", "batch_size", "num_latents", "num_latent_channels"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')}: expected a positive int, got {getattr(args, flag)}")
     if not args.lr > 0:
         parser.error(f"--lr: expected a positive float, got {args.lr}")
+    if args.warmup_steps is None:
+        args.warmup_steps = args.max_steps // 10
     if not 0 <= args.warmup_steps <= args.max_steps:
         parser.error(f"--warmup-steps: expected an int in [0, --max-steps={args.max_steps}], got {args.warmup_steps}")
 

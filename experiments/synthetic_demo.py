@@ -73,7 +73,7 @@ def classification_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, di
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
-        max_steps=300, batch_size=32, lr=1e-3, warmup_steps=20, num_latents=32, num_latent_channels=64,
+        max_steps=300, batch_size=32, lr=1e-3, num_latents=32, num_latent_channels=64,
         num_self_attention_layers=2, eval_every=100, checkpoint_every=100))
     parser.add_argument("--embed-channels", type=int, default=64, help="width of the byte embedding")
     parser.add_argument("--max-filler", type=int, default=48, help="longest random filler around the keyword")

@@ -395,6 +395,9 @@ def test_experiment_parser_rejects_bad_values(capsys):
     from experiments.common import build_parser, check_args
 
     parser = build_parser("d", name="x", defaults={"max_steps": 10})
+    args = parser.parse_args([])
+    check_args(parser, args)
+    assert args.warmup_steps == 1 and args.max_steps == 10  # warm-up defaults to a tenth of the run
     with pytest.raises(SystemExit):
         check_args(parser, parser.parse_args(["--warmup-steps", "20"]))
     assert "--warmup-steps: expected an int in [0, --max-steps=10], got 20" in capsys.readouterr().err
