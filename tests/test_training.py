@@ -348,6 +348,19 @@ def test_synthetic_experiment_writes_metrics_and_an_offline_wandb_run(tmp_path, 
     assert (out / "model" / "config.json").is_file()
 
 
+def test_synthetic_experiment_resumes_from_its_checkpoint(tmp_path, capsys):
+    from experiments import synthetic_demo
+
+    out = tmp_path / "demo"
+    args = ["--out", str(out), "--wandb", "disabled", *TINY_DEMO]
+    first = synthetic_demo.main([*args, "--max-steps", "2"])  # stops at 2 of 2 steps (the schedule's end)
+    assert first["steps"] == 2
+    resumed = synthetic_demo.main([*args, "--max-steps", "2", "--resume"])
+    assert "at step 2 (epoch 0, batch 2)" in capsys.readouterr().out
+    assert resumed["steps"] == 2 and resumed["test_accuracy"] == first["test_accuracy"]  # evaluated again, same weights
+    assert not (out / "wandb").exists()  # disabled means nothing written
+
+
 def test_a_failing_wandb_log_warns_once_and_training_goes_on(tmp_path, monkeypatch):
     import wandb
 
