@@ -6,6 +6,7 @@ flags, and writes ``DIR/metrics.json`` (a flat JSON object of final metrics) wit
 
     parser = build_parser("what it does", name="my_task", defaults={"max_steps": 2000})
     args = parser.parse_args(argv)
+    check_args(parser, args)                        # also fills in defaults that depend on other flags
     run = start_run(args, name="my_task")          # seeds, torchrun process group, output folder, wandb
     model = ...(**encoder_kwargs(args))
     result = train(model, config=train_config(args), ..., out_dir=run.out, tracker=run.tracker,
@@ -124,6 +125,22 @@ def encoder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         num_self_attention_layers_per_block=args.num_self_attention_layers,
         num_self_attention_blocks=args.num_self_attention_blocks, dropout=args.dropout,
     )
+
+
+def loader_batches(shards, *, batch_size: int, seed: int, mode: str = "epoch", num_workers: int = 0, **options):
+    """``make_batches(epoch)`` for ``train`` over the data pipeline's ``perceiver.data.make_loader``.
+
+    The loader is deterministic given (seed, epoch, world size, rank, num_workers), which is what lets the loop's
+    resume replay an epoch up to its saved position.
+    """
+
+    def make_batches(epoch: int):
+        from perceiver.data import make_loader
+
+        return make_loader(shards, batch_size=batch_size, mode=mode, seed=seed, epoch=epoch,
+                           num_workers=num_workers, **options)
+
+    return make_batches
 
 
 def seed_everything(seed: int) -> None:

@@ -416,3 +416,20 @@ def test_experiment_parser_rejects_bad_values(capsys):
     assert "--warmup-steps: expected an int in [0, --max-steps=10], got 20" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown option names"):
         build_parser("d", name="x", defaults={"max_stepz": 10})
+
+
+def test_loader_batches_asks_the_data_pipeline_for_each_epoch(monkeypatch):
+    import perceiver.data
+
+    from experiments.common import loader_batches
+
+    calls = []
+
+    def fake_make_loader(shards, **kwargs):
+        calls.append((shards, kwargs))
+        return [{"epoch": kwargs["epoch"]}]
+
+    monkeypatch.setattr(perceiver.data, "make_loader", fake_make_loader, raising=False)
+    make_batches = loader_batches(["a.tar"], batch_size=4, seed=7, num_workers=2, shuffle_buffer=10)
+    assert list(make_batches(3)) == [{"epoch": 3}]
+    assert calls == [(["a.tar"], dict(batch_size=4, mode="epoch", seed=7, epoch=3, num_workers=2, shuffle_buffer=10))]

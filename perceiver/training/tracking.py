@@ -60,11 +60,6 @@ class Tracker:
         run = getattr(self._wandb, "run", None)
         return getattr(run, "id", None)
 
-    @property
-    def run_dir(self) -> Path | None:
-        run = getattr(self._wandb, "run", None)
-        return Path(run.dir).parent if run is not None else None
-
     def log(self, values: dict[str, Any], *, step: int) -> None:
         if not self.active or not values:
             _close_figures(values)
