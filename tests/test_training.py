@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 from pathlib import Path
 
@@ -214,28 +213,26 @@ def test_a_crash_mid_write_keeps_the_previous_latest(tmp_path, monkeypatch, cras
     assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST]  # the temporary file is cleaned up
 
 
-def test_a_process_killed_while_checkpointing_never_leaves_a_corrupt_latest(tmp_path):
-    """SIGKILL a process that rewrites a 16 MB checkpoint in a loop; `latest` must load, whole, every time."""
+def test_a_process_killed_in_the_middle_of_a_write_keeps_the_previous_latest(tmp_path):
+    """A file-size limit makes the kernel kill the writer (SIGXFSZ) exactly when its write passes 1 MB."""
     script = textwrap.dedent(f"""
+        import resource, signal
         import torch
         from perceiver.training import save_checkpoint
-        step = 0
-        while True:
-            step += 1
-            save_checkpoint({str(tmp_path / LATEST)!r}, {{"step": step, "weights": torch.full((4_000_000,), float(step))}})
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it (then write raises); the default kills
+        save_checkpoint({str(tmp_path / LATEST)!r}, {{"step": 1, "weights": torch.ones(1000)}})
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        save_checkpoint({str(tmp_path / LATEST)!r}, {{"step": 2, "weights": torch.full((1_000_000,), 2.0)}})
+        print("not killed")
     """)
-    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
-    try:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / LATEST).exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)  # several writes in, very likely in the middle of one
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    finished = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert finished.returncode == -signal.SIGXFSZ, finished.stderr
     loaded = load_checkpoint(tmp_path / LATEST)
-    assert loaded["step"] >= 1
-    assert torch.equal(loaded["weights"], torch.full((4_000_000,), float(loaded["step"])))
+    assert loaded["step"] == 1 and torch.equal(loaded["weights"], torch.ones(1000))
+    leftovers = [p for p in tmp_path.iterdir() if p.name != LATEST]
+    assert len(leftovers) == 1 and leftovers[0].stat().st_size == 1 << 20  # the torn write went to a temporary file
+    save_checkpoint(tmp_path / LATEST, {"step": 3})  # the next write removes what the killed one left
+    assert [p.name for p in tmp_path.iterdir()] == [LATEST]
 
 
 # ---------------------------------------------------------------------------------------------------- exact resume

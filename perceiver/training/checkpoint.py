@@ -2,7 +2,8 @@
 
 A checkpoint is written to a temporary file in the same directory, flushed and fsynced, then renamed over the
 target with ``os.replace`` (atomic on POSIX), and the directory is fsynced so the rename itself survives a power
-cut. A process killed at any moment therefore leaves either the previous checkpoint or the new one, never a torn file.
+cut. A process killed at any moment therefore leaves either the previous checkpoint or the new one, never a torn file
+(and perhaps a hidden temporary file, which the next successful write of that path removes).
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+    _remove_stale_temporaries(path)
     return path
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    # One writer per path: any other temporary file of this name was left by a writer killed mid-write.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def _umask() -> int:
