@@ -318,6 +318,41 @@ def test_two_process_gloo_ddp_equals_one_process_on_the_combined_batch(tmp_path)
     assert ddp_step == 1 and ddp_loss == pytest.approx(single.losses[0][1], rel=1e-6)  # loss averaged over ranks
 
 
+def _ddp_resume_worker(rank: int, port: int, out_dir: str, phase: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    from perceiver.training import cleanup_distributed, setup_distributed
+
+    setup_distributed(device="cpu")
+    model = tiny_model(dropout=0.2)
+    torch.manual_seed(100 + rank if phase != "resume" else 999)  # each rank its own dropout stream
+    crash_after = 4 if phase == "crash" else None
+    make_batches = epoch_batches(batches_per_epoch=5, seed=rank, crash_after=crash_after)  # each rank its own data
+    config = quiet_config(checkpoint_every=3, resume=phase == "resume")
+    try:
+        result = train(model, config=config, out_dir=Path(out_dir) / phase.replace("crash", "resume"),
+                       make_batches=make_batches, loss_fn=classification_loss)
+        if rank == 0:
+            torch.save(result.losses, Path(out_dir) / f"{phase}.pt")
+    except RuntimeError as error:
+        if phase != "crash" or "simulated crash" not in str(error):
+            raise
+    finally:
+        cleanup_distributed()
+
+
+@pytest.mark.slow
+def test_two_process_resume_continues_bitwise(tmp_path):
+    """Each rank has its own data and dropout masks; the checkpoint holds both ranks' RNG states."""
+    for phase in ("full", "crash", "resume"):
+        torch.multiprocessing.spawn(_ddp_resume_worker, args=(free_port(), str(tmp_path), phase), nprocs=2)
+    full, resumed = torch.load(tmp_path / "full.pt"), torch.load(tmp_path / "resume.pt")
+    assert [s for s, _ in resumed] == [4, 5, 6, 7, 8]
+    assert resumed == full[3:]
+    assert len(load_checkpoint(tmp_path / "resume" / LATEST)["rng"]) == 2
+
+
 # ---------------------------------------------------------------------------------------------------- experiment, wandb
 
 TINY_DEMO = ["--max-steps", "4", "--batch-size", "4", "--num-latents", "4", "--num-latent-channels", "16",
