@@ -1,0 +1,82 @@
+"""Figures for wandb: a confusion matrix, and where the latents look in the input (first cross-attention).
+
+matplotlib is imported when a figure is drawn, so training never needs it otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from perceiver.model import PerceiverIO
+
+
+def confusion_matrix(predictions: Tensor, labels: Tensor, *, num_classes: int) -> Tensor:
+    """Counts (num_classes, num_classes) int64: row = true class, column = predicted class."""
+    if predictions.shape != labels.shape or predictions.dim() != 1:
+        raise ValueError(f"predictions, labels: expected two (B,) tensors, got {tuple(predictions.shape)} and "
+                         f"{tuple(labels.shape)}")
+    flat = labels.long() * num_classes + predictions.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def confusion_matrix_figure(counts: Tensor, *, class_names: list[str] | None = None):
+    """A matplotlib figure of ``counts`` (rows normalised to 1, counts written in the cells)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = counts.detach().cpu()
+    num_classes = counts.shape[0]
+    names = class_names or [str(i) for i in range(num_classes)]
+    rates = counts.double() / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    figure, axes = plt.subplots(figsize=(1.0 + 0.5 * num_classes, 1.0 + 0.5 * num_classes))
+    axes.imshow(rates.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    axes.set_xticks(range(num_classes), names, rotation=90)
+    axes.set_yticks(range(num_classes), names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    for row in range(num_classes):
+        for column in range(num_classes):
+            axes.text(column, row, int(counts[row, column]), ha="center", va="center", fontsize=7,
+                      color="white" if rates[row, column] > 0.5 else "black")
+    figure.tight_layout()
+    return figure
+
+
+@torch.no_grad()
+def cross_attention_weights(model: PerceiverIO, x, pad_mask: Tensor | None = None) -> Tensor:
+    """Attention of the latents over the input tokens in the encoder's first cross-attend: (B, heads, N, M).
+
+    Recomputed from the layer's own projections (the fused kernels never materialise it); padded tokens get 0.
+    """
+    tokens, pad_mask = model.input_adapter(x, pad_mask)
+    layer = model.encoder.cross_attention_1
+    attention = layer.attention
+    latents = model.encoder.latents.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+    heads = attention.num_heads
+    q = rearrange(attention.q_proj(layer.q_norm(latents)), "b n (h d) -> b h n d", h=heads)
+    k = rearrange(attention.k_proj(layer.kv_norm(tokens)), "b m (h d) -> b h m d", h=heads)
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    if pad_mask is not None:
+        scores = scores.masked_fill(pad_mask[:, None, None, :], float("-inf"))
+    return scores.softmax(dim=-1).nan_to_num(0.0)
+
+
+def attention_map_figure(weights: Tensor, *, title: str = "latents × input tokens"):
+    """A matplotlib figure of one sample's attention (heads, N, M), averaged over heads."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image = weights.detach().float().mean(dim=0).cpu().numpy()
+    figure, axes = plt.subplots(figsize=(6, 3))
+    axes.imshow(image, aspect="auto", cmap="viridis", interpolation="nearest")
+    axes.set_xlabel("input token")
+    axes.set_ylabel("latent")
+    axes.set_title(title)
+    figure.tight_layout()
+    return figure
