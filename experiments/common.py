@@ -143,6 +143,18 @@ def loader_batches(shards, *, batch_size: int, seed: int, mode: str = "epoch", n
     return make_batches
 
 
+def run_summary(result, model: torch.nn.Module, run: "Run") -> dict[str, Any]:
+    """The figures every experiment reports beside its own: steps, time, size, skipped samples, processes."""
+    return {
+        "final_train_loss": result.losses[-1][1] if result.losses else float("nan"),
+        "steps": result.step,
+        "train_seconds": round(result.train_seconds, 2),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "corrupt_samples": result.corrupt_samples,
+        "world_size": run.context.world_size,
+    }
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

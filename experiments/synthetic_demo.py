@@ -20,7 +20,7 @@ from torch import nn
 if __package__ in (None, ""):  # run as a file: python experiments/synthetic_demo.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import build_parser, check_args, encoder_kwargs, per_rank_seed, start_run, train_config
+from experiments.common import build_parser, check_args, encoder_kwargs, per_rank_seed, run_summary, start_run, train_config
 from perceiver import PerceiverDecoder, PerceiverEncoder, PerceiverIO
 from perceiver.adapters import ByteAdapter, ClassificationOutput, ClassificationQuery
 from perceiver.training import train
@@ -123,12 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     return run.finish({
         "test_accuracy": result.eval_metrics.get("accuracy", float("nan")),
         "test_loss": result.eval_metrics.get("loss", float("nan")),
-        "final_train_loss": result.losses[-1][1] if result.losses else float("nan"),
-        "steps": result.step,
-        "train_seconds": round(result.train_seconds, 2),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "corrupt_samples": result.corrupt_samples,
-        "world_size": run.context.world_size,
+        **run_summary(result, model, run),
     })
 
 
