@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from perceiver.attention import attend
+import perceiver
 from perceiver.kernels import attention, num_splits_heuristic, unsupported_reason
 from perceiver.kernels import bench
 from perceiver.kernels.runtime import INTERPRET, length_bucket
@@ -156,8 +156,8 @@ def test_no_key_gives_zero_output_and_gradients():
 def test_triton_backend_of_attend_matches_math():
     (q, k, v, _), pad_mask = make_inputs(2, 2, 5, 11, 8, torch.float32)
     torch.testing.assert_close(
-        attend(q, k, v, pad_mask, scale=0.4, backend="triton"),
-        attend(q, k, v, pad_mask, scale=0.4, backend="math"),
+        perceiver.attend(q, k, v, pad_mask, scale=0.4, backend="triton"),
+        perceiver.attend(q, k, v, pad_mask, scale=0.4, backend="math"),
         rtol=1e-5,
         atol=1e-6,
     )
