@@ -33,8 +33,8 @@ def _preprocess_kernel(
     Out, dOut, Delta,
     stride_ob, stride_oh, stride_on, stride_od,
     stride_dob, stride_doh, stride_don, stride_dod,
-    num_heads, N, head_dim,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    num_heads, N,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     query_block = tl.program_id(0)
     bh = tl.program_id(1)
@@ -43,7 +43,7 @@ def _preprocess_kernel(
     offs_n = query_block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     n_valid = offs_n < N
-    mask = n_valid[:, None] & (offs_d[None, :] < head_dim)
+    mask = n_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
     offs_n64 = offs_n.to(tl.int64)
     o = tl.load(Out + b * stride_ob + h * stride_oh + offs_n64[:, None] * stride_on + offs_d[None, :] * stride_od,
                 mask=mask, other=0.0).to(tl.float32)
@@ -60,9 +60,9 @@ def _dkdv_kernel(
     stride_vb, stride_vh, stride_vm, stride_vd,
     stride_mask_b, stride_mask_m,
     stride_dob, stride_doh, stride_don, stride_dod,
-    num_heads, N, M, head_dim, scale, scale_log2,
+    num_heads, N, M, scale, scale_log2,
     N_BUCKET, M_BUCKET,
-    HAS_MASK: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_MASK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     key_block = tl.program_id(0)
@@ -75,7 +75,7 @@ def _dkdv_kernel(
     offs_m64 = offs_m.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     m_valid = offs_m < M
-    d_valid = offs_d < head_dim
+    d_valid = offs_d < HEAD_DIM
     kv_mask = m_valid[:, None] & d_valid[None, :]
     k = tl.load(K + b * stride_kb + h * stride_kh + offs_m64[:, None] * stride_km + offs_d[None, :] * stride_kd,
                 mask=kv_mask, other=0.0)
@@ -110,7 +110,7 @@ def _dkdv_kernel(
         ds_t = p_t * (dp_t - delta[None, :])
         dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
 
-    out_offsets = bh64 * M * head_dim + offs_m64[:, None] * head_dim + offs_d[None, :]
+    out_offsets = bh64 * M * HEAD_DIM + offs_m64[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(dK + out_offsets, (dk * scale).to(dK.dtype.element_ty), mask=kv_mask)
     tl.store(dV + out_offsets, dv.to(dV.dtype.element_ty), mask=kv_mask)
 
@@ -124,9 +124,9 @@ def _dq_kernel(
     stride_mask_b, stride_mask_m,
     stride_dob, stride_doh, stride_don, stride_dod,
     stride_dq_split,
-    num_heads, N, M, head_dim, scale, scale_log2,
+    num_heads, N, M, scale, scale_log2,
     N_BUCKET, M_BUCKET, NUM_SPLITS,
-    HAS_MASK: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_MASK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     query_block = tl.program_id(0)
@@ -140,7 +140,7 @@ def _dq_kernel(
     offs_n64 = offs_n.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     n_valid = offs_n < N
-    d_valid = offs_d < head_dim
+    d_valid = offs_d < HEAD_DIM
     q_mask = n_valid[:, None] & d_valid[None, :]
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_n64[:, None] * stride_qn + offs_d[None, :] * stride_qd,
                 mask=q_mask, other=0.0)
@@ -173,7 +173,7 @@ def _dq_kernel(
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
 
-    dq_ptrs = dQ + split.to(tl.int64) * stride_dq_split + bh64 * N * head_dim + offs_n64[:, None] * head_dim + offs_d[None, :]
+    dq_ptrs = dQ + split.to(tl.int64) * stride_dq_split + bh64 * N * HEAD_DIM + offs_n64[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(dq_ptrs, (dq * scale).to(dQ.dtype.element_ty), mask=q_mask)
 
 
@@ -192,11 +192,11 @@ _BACKWARD_CONFIGS = configs(blocks=[(64, 64), (128, 64), (64, 128), (32, 64)], w
 _INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_M": 16}
 _dkdv = Launcher(
     _dkdv_kernel, configs=_BACKWARD_CONFIGS,
-    key=["N_BUCKET", "M_BUCKET", "HAS_MASK", "BLOCK_D", "DOT_PRECISION"], interpreter_config=_INTERPRETER_CONFIG,
+    key=["N_BUCKET", "M_BUCKET", "HAS_MASK", "HEAD_DIM", "DOT_PRECISION"], interpreter_config=_INTERPRETER_CONFIG,
 )
 _dq = Launcher(
     _dq_kernel, configs=_BACKWARD_CONFIGS,
-    key=["N_BUCKET", "M_BUCKET", "NUM_SPLITS", "HAS_MASK", "BLOCK_D", "DOT_PRECISION"],
+    key=["N_BUCKET", "M_BUCKET", "NUM_SPLITS", "HAS_MASK", "HEAD_DIM", "DOT_PRECISION"],
     interpreter_config=_INTERPRETER_CONFIG,
 )
 
@@ -209,13 +209,13 @@ def attention_backward(q, k, v, pad_mask, out, lse, d_out, scale: float, num_spl
     block_d = head_dim_block(head_dim)
     delta = torch.empty((batch * heads, n), dtype=torch.float32, device=device)
     _preprocess_kernel[(triton.cdiv(n, PREPROCESS_BLOCK_N), batch * heads)](
-        out, d_out, delta, *out.stride(), *d_out.stride(), heads, n, head_dim,
-        BLOCK_N=PREPROCESS_BLOCK_N, BLOCK_D=block_d,
+        out, d_out, delta, *out.stride(), *d_out.stride(), heads, n,
+        HEAD_DIM=head_dim, BLOCK_N=PREPROCESS_BLOCK_N, BLOCK_D=block_d,
     )
 
     mask_arg = q if pad_mask is None else pad_mask.view(torch.uint8)
     mask_strides = (0, 0) if pad_mask is None else pad_mask.stride()
-    common = dict(HAS_MASK=pad_mask is not None, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype))
+    common = dict(HAS_MASK=pad_mask is not None, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype))
     strides = (*q.stride(), *k.stride(), *v.stride(), *mask_strides, *d_out.stride())
     scale_log2 = scale * 1.4426950408889634
 
@@ -224,7 +224,7 @@ def attention_backward(q, k, v, pad_mask, out, lse, d_out, scale: float, num_spl
     _dkdv(
         lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), batch * heads),
         q, k, v, mask_arg, d_out, lse, delta, dk, dv, *strides,
-        heads, n, m, head_dim, scale, scale_log2, length_bucket(n), length_bucket(m), **common,
+        heads, n, m, scale, scale_log2, length_bucket(n), length_bucket(m), **common,
     )
 
     if num_splits is None:
@@ -240,7 +240,7 @@ def attention_backward(q, k, v, pad_mask, out, lse, d_out, scale: float, num_spl
     _dq(
         lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), batch * heads, num_splits),
         q, k, v, mask_arg, d_out, lse, delta, dq_target, *strides, dq.numel(),
-        heads, n, m, head_dim, scale, scale_log2, length_bucket(n), length_bucket(m), num_splits, **common,
+        heads, n, m, scale, scale_log2, length_bucket(n), length_bucket(m), num_splits, **common,
     )
     if num_splits > 1:
         _sum_splits_kernel[(triton.cdiv(dq.numel(), REDUCE_BLOCK),)](dq_target, dq, dq.numel(), num_splits, BLOCK=REDUCE_BLOCK)

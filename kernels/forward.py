@@ -34,9 +34,9 @@ def _attention_forward_kernel(
     stride_mask_b, stride_mask_m,
     stride_o_split, stride_o_bh, stride_o_n, stride_o_d,
     stride_lse_split, stride_lse_bh,
-    num_heads, N, M, head_dim, scale_log2,
+    num_heads, N, M, scale_log2,
     N_BUCKET, M_BUCKET, NUM_SPLITS,
-    HAS_MASK: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_MASK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     # Axis 0 (query blocks) varies fastest, so programs that run together share one (batch, head): its K/V tiles
@@ -51,7 +51,7 @@ def _attention_forward_kernel(
     offs_n = query_block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     n_valid = offs_n < N
-    d_valid = offs_d < head_dim
+    d_valid = offs_d < HEAD_DIM
     q_ptrs = Q + b * stride_qb + h * stride_qh + offs_n[:, None].to(tl.int64) * stride_qn + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)
 
@@ -103,8 +103,8 @@ def _combine_splits_kernel(
     stride_pl_split, stride_pl_bh,
     stride_o_bh, stride_o_n,
     stride_lse_bh,
-    N, head_dim, num_splits,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    N, num_splits,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """out = Σ_s 2^(lse_s - lse) · o_s with lse = log2 Σ_s 2^lse_s, summed in split order (deterministic)."""
     query_block = tl.program_id(0)
@@ -112,7 +112,7 @@ def _combine_splits_kernel(
     offs_n = query_block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     n_valid = offs_n < N
-    mask = n_valid[:, None] & (offs_d[None, :] < head_dim)
+    mask = n_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
 
     lse_max = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
     for split in range(0, num_splits):
@@ -140,7 +140,7 @@ def _combine_splits_kernel(
 _forward = Launcher(
     _attention_forward_kernel,
     configs=configs(blocks=[(128, 64), (128, 128), (64, 64), (64, 128)], warps=[4, 8], stages=[2, 3]),
-    key=["N_BUCKET", "M_BUCKET", "NUM_SPLITS", "HAS_MASK", "BLOCK_D", "DOT_PRECISION"],
+    key=["N_BUCKET", "M_BUCKET", "NUM_SPLITS", "HAS_MASK", "HEAD_DIM", "DOT_PRECISION"],
     interpreter_config={"BLOCK_N": 16, "BLOCK_M": 16},
 )
 
@@ -182,16 +182,16 @@ def attention_forward(q, k, v, pad_mask, scale: float, num_splits: int | None) -
         lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), batch * heads, num_splits),
         q, k, v, mask_arg, o_target, lse_target,
         *q.stride(), *k.stride(), *v.stride(), *mask_strides, *o_strides, *lse_strides,
-        heads, n, m, head_dim, scale * 1.4426950408889634,
+        heads, n, m, scale * 1.4426950408889634,
         length_bucket(n), length_bucket(m), num_splits,
-        HAS_MASK=pad_mask is not None, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype),
+        HAS_MASK=pad_mask is not None, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype),
     )
     if num_splits > 1:
         _combine_splits_kernel[(triton.cdiv(n, COMBINE_BLOCK_N), batch * heads)](
             o_target, lse_target, out, lse,
             *o_target.stride()[:3], *lse_target.stride()[:2],
             n * head_dim, head_dim, lse.stride(0),
-            n, head_dim, num_splits,
-            BLOCK_N=COMBINE_BLOCK_N, BLOCK_D=block_d,
+            n, num_splits,
+            HEAD_DIM=head_dim, BLOCK_N=COMBINE_BLOCK_N, BLOCK_D=block_d,
         )
     return out, lse
