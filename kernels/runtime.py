@@ -56,14 +56,9 @@ class Launcher:
             self._tuned[grid](*args, **kwargs)
 
 
-def configs(blocks: Sequence[tuple[int, int]], warps: Sequence[int], stages: Sequence[int]) -> list[triton.Config]:
-    """Every (BLOCK_N, BLOCK_M) x num_warps x num_stages combination as autotune configs."""
-    return [
-        triton.Config({"BLOCK_N": block_n, "BLOCK_M": block_m}, num_warps=w, num_stages=s)
-        for block_n, block_m in blocks
-        for w in warps
-        for s in stages
-    ]
+def configs(candidates: Sequence[tuple[int, int, int, int]]) -> list[triton.Config]:
+    """Autotune configs from (BLOCK_N, BLOCK_M, num_warps, num_stages) tuples."""
+    return [triton.Config({"BLOCK_N": bn, "BLOCK_M": bm}, num_warps=w, num_stages=s) for bn, bm, w, s in candidates]
 
 
 @functools.lru_cache(maxsize=None)
