@@ -7,6 +7,9 @@ M can be 1. The interpreter cannot run bf16 dots, so bf16 is tested on CUDA only
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -244,3 +247,17 @@ def test_bench_flop_and_byte_floors():
 def test_bench_refuses_without_cuda(capsys):
     assert bench.main(["--quick"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_forward_compiles_for_h100_with_pipelined_tensor_core_loops(tmp_path):
+    # Compiling needs no GPU; the interpreter must be off in the child process.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    command = [sys.executable, "-m", "perceiver.kernels.compile_check", "--kernel", "forward", "--first"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    row = [line for line in result.stdout.splitlines() if line.startswith("| forward")][0]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    registers, spill_bytes, pipelined, tensor_cores = int(cells[5]), int(cells[6]), cells[8], cells[9]
+    assert spill_bytes == 0 and registers <= 255
+    assert pipelined == "yes" and tensor_cores == "yes"
