@@ -166,6 +166,18 @@ def test_triton_backend_of_attend_matches_math():
     )
 
 
+
+def test_multi_head_attention_on_the_kernels_is_padding_invariant():
+    torch.manual_seed(0)
+    attention_module = perceiver.MultiHeadAttention(
+        num_heads=2, num_q_input_channels=6, num_kv_input_channels=5, num_qk_channels=32, backend="triton"
+    ).to(DEVICE)
+    x_q, x_kv = torch.randn(1, 3, 6, device=DEVICE), torch.randn(1, 7, 5, device=DEVICE)
+    alone = attention_module(x_q, x_kv)
+    padded_kv = torch.cat([x_kv, 100 * torch.randn(1, 12, 5, device=DEVICE)], dim=1)
+    pad_mask = torch.tensor([[False] * 7 + [True] * 12], device=DEVICE)
+    torch.testing.assert_close(attention_module(x_q, padded_kv, pad_mask), alone, rtol=1e-5, atol=1e-5)
+
 def test_unsupported_reason():
     (q, k, v, _), pad_mask = make_inputs(1, 1, 3, 5, 16, torch.float32)
     assert unsupported_reason(q, k, v, pad_mask) is None
