@@ -4,11 +4,12 @@ The shards are built from espeak-ng speech synthesis (and Asterisk's recorded di
 Two evaluations: ``test`` holds out whole synthetic voices (speakers never heard in training), ``real`` is one human
 speaker's recordings, a test of how far a model trained on synthetic speech carries to real speech. The real
 recordings are 8 kHz telephone audio (resampled to 16 kHz), so the filterbank stops at ``--f-max`` (4 kHz) by
-default: the model hears the same band in both. Training augments each batch with a random leading silence and
-background noise::
+default: the model hears the same band in both. By default each token is a group of 4 frames (40 ms) across all mel
+bins; ``--input patches`` cuts time × frequency tiles instead (the same adapter class, a different token shape).
+Training augments each batch with a random leading silence and background noise::
 
     python -m experiments.spoken_digits --out runs/spoken-digits
-    python -m experiments.spoken_digits --out runs/spoken-digits-1d --input time-frames   # another input adapter
+    python -m experiments.spoken_digits --out runs/spoken-digits-tiles --input patches   # time × frequency tiles
     torchrun --nproc_per_node=2 -m experiments.spoken_digits --out runs/spoken-digits-ddp
 """
 
@@ -97,10 +98,10 @@ def augment(audio: torch.Tensor, pad_mask: torch.Tensor, *, max_shift: int,
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
-        max_steps=1500, batch_size=64, lr=1e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
-        num_self_attention_heads=4, num_self_attention_layers=4, eval_every=500, checkpoint_every=500))
+        max_steps=1600, batch_size=64, lr=2e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
+        num_self_attention_heads=4, num_self_attention_layers=4, eval_every=800, checkpoint_every=400))
     parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/spoken-digits")
-    parser.add_argument("--input", choices=INPUTS, default="patches",
+    parser.add_argument("--input", choices=INPUTS, default="time-frames",
                         help="input adapter: time × frequency patches, or one token per group of full-band frames")
     parser.add_argument("--n-mels", type=int, default=32, help="mel bins")
     parser.add_argument("--f-max", type=float, default=4000.0, help="highest filterbank frequency in Hz")
