@@ -41,7 +41,8 @@ NUM_BYTES = 256  # targets are bytes; the special ids (PAD, MASK, ...) are never
 
 
 def build_model(args) -> PerceiverIO:
-    adapter = ByteAdapter(max_length=args.window, embed_channels=args.embed_channels)
+    adapter = ByteAdapter(max_length=args.window, embed_channels=args.embed_channels, positions=args.positions,
+                          num_bands=args.num_bands)
     channels = args.num_latent_channels
     return PerceiverIO(
         input_adapter=adapter,
@@ -49,7 +50,8 @@ def build_model(args) -> PerceiverIO:
                                  cross_attention_widening_factor=args.widening_factor,
                                  self_attention_widening_factor=args.widening_factor),
         decoder=PerceiverDecoder(
-            query_provider=TokenQueries(max_length=args.window, num_channels=args.embed_channels),
+            query_provider=TokenQueries(max_length=args.window, num_channels=args.embed_channels,
+                                        positions=args.positions, num_bands=args.num_bands),
             output_adapter=TokenOutput(num_channels=args.embed_channels, tied=True),  # tied by PerceiverIO
             num_latent_channels=channels,
             cross_attention_widening_factor=args.widening_factor,
@@ -105,6 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
         num_self_attention_heads=4, num_self_attention_layers=4, eval_every=0, checkpoint_every=500))
     parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/shakespeare")
     parser.add_argument("--window", type=int, default=256, help="bytes per training and evaluation window")
+    parser.add_argument("--positions", choices=("learned", "fourier"), default="learned",
+                        help="byte and query positions: learned vectors, or Fourier features of the position")
+    parser.add_argument("--num-bands", type=int, default=32, help="Fourier frequency bands (Fourier positions)")
     parser.add_argument("--mask-rate", type=float, default=0.15, help="fraction of real bytes chosen for the loss")
     parser.add_argument("--embed-channels", type=int, default=128, help="width of the byte embedding and queries")
     parser.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")

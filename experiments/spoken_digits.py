@@ -6,7 +6,8 @@ speaker's recordings, a test of how far a model trained on synthetic speech carr
 recordings are 8 kHz telephone audio (resampled to 16 kHz), so the filterbank stops at ``--f-max`` (4 kHz) by
 default: the model hears the same band in both. By default each token is a group of 4 frames (40 ms) across all mel
 bins; ``--input patches`` cuts time × frequency tiles instead (the same adapter class, a different token shape).
-Training augments each batch with a random leading silence and background noise::
+Training augments each batch with a random playback speed (tempo and pitch), a random leading silence and background
+noise::
 
     python -m experiments.spoken_digits --out runs/spoken-digits
     python -m experiments.spoken_digits --out runs/spoken-digits-tiles --input patches   # time × frequency tiles
@@ -72,6 +73,27 @@ def crop(audio: torch.Tensor, pad_mask: torch.Tensor, max_samples: int) -> tuple
     return audio[:, :max_samples], pad_mask[:, :max_samples]
 
 
+def change_speed(audio: torch.Tensor, pad_mask: torch.Tensor, *,
+                 speeds: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Play each waveform faster or slower by a factor drawn uniformly from ``speeds`` (linear interpolation).
+
+    Tempo and pitch change together, as when a tape runs at another speed: a cheap stand-in for other speakers'
+    vocal tract lengths and speaking rates. Returns the new waveforms and their trailing pad mask.
+    """
+    lengths = (audio.shape[1] - pad_mask.sum(dim=1)).tolist()
+    factors = torch.empty(len(lengths)).uniform_(min(speeds), max(speeds)).tolist()
+    resampled = []
+    for row, length, factor in zip(audio, lengths, factors):
+        new_length = max(1, round(length / factor))
+        resampled.append(nn.functional.interpolate(row[None, None, :max(1, length)], size=new_length, mode="linear",
+                                                   align_corners=False)[0, 0])
+    new_lengths = torch.tensor([len(row) for row in resampled])
+    padded = torch.zeros(len(resampled), int(new_lengths.max()))
+    for i, row in enumerate(resampled):
+        padded[i, :len(row)] = row
+    return padded, pad_mask_from_lengths(new_lengths, padded.shape[1])
+
+
 def augment(audio: torch.Tensor, pad_mask: torch.Tensor, *, max_shift: int,
             snr_db: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Delay each waveform by up to ``max_shift`` samples of silence, then add white noise at an SNR drawn uniformly
@@ -115,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--snr-db", type=float, nargs=2, default=(10.0, 40.0), metavar=("LOW", "HIGH"),
                         help="augmentation: range of the added noise's signal-to-noise ratio in dB")
     parser.add_argument("--no-noise", action="store_true", help="augmentation: add no noise")
+    parser.add_argument("--speed", type=float, nargs=2, default=(0.85, 1.15), metavar=("LOW", "HIGH"),
+                        help="augmentation: range of the playback speed factor (1 1 = off)")
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--limit", type=int, default=None, help="build at most this many samples per split")
     parser.add_argument("--num-workers", type=int, default=1, help="data loader workers per process")
@@ -135,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         audio, pad_mask = batch["audio"].cpu(), batch["audio_pad_mask"].cpu()
+        if tuple(args.speed) != (1.0, 1.0):
+            audio, pad_mask = change_speed(audio, pad_mask, speeds=args.speed)
         audio, pad_mask = augment(audio, pad_mask, max_shift=max_shift, snr_db=None if args.no_noise else args.snr_db)
         audio, pad_mask = crop(audio, pad_mask, max_samples)
         logits = model(audio.to(device), pad_mask.to(device)).float()
