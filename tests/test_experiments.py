@@ -96,6 +96,18 @@ def test_augment_delays_each_waveform_and_keeps_padding_trailing():
         assert torch.all(shifted[row, real:] == 0)
 
 
+def test_change_speed_stretches_each_waveform_by_its_factor():
+    torch.manual_seed(0)
+    audio = torch.sin(torch.arange(3 * 400, dtype=torch.float32).reshape(3, 400) / 10)
+    pad_mask = torch.arange(400)[None, :] >= torch.tensor([[400], [200], [40]])
+    slow, slow_mask = spoken_digits.change_speed(audio, pad_mask, speeds=(0.5, 0.5))
+    assert (~slow_mask).sum(dim=1).tolist() == [800, 400, 80] and slow.shape == (3, 800)
+    assert torch.equal(slow_mask, torch.arange(800)[None, :] >= torch.tensor([[800], [400], [80]]))  # trailing
+    assert torch.all(slow[slow_mask] == 0)
+    same, same_mask = spoken_digits.change_speed(audio, pad_mask, speeds=(1.0, 1.0))
+    assert torch.equal(same_mask, pad_mask) and torch.allclose(same * ~same_mask, audio * ~pad_mask)
+
+
 def test_augment_noise_has_the_asked_signal_to_noise_ratio():
     torch.manual_seed(0)
     audio = torch.randn(4, 20000, dtype=torch.float64).float()
