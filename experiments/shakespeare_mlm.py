@@ -135,14 +135,15 @@ def main(argv: list[str] | None = None) -> dict:
     device = run.context.device
 
     def masked_logits(model: nn.Module, ids: torch.Tensor, pad_mask: torch.Tensor, generator=None):
+        """Byte logits (K, 256) at the K chosen positions of the corrupted windows, and the original bytes (K,)."""
         corrupted, chosen = mask_bytes(ids, pad_mask, rate=args.mask_rate, generator=generator)
         logits = model(corrupted.to(device), pad_mask.to(device))
         chosen = chosen.to(device)
-        return logits[chosen][:, :NUM_BYTES].float(), ids.to(device)[chosen], chosen
+        return logits[chosen][:, :NUM_BYTES].float(), ids.to(device)[chosen]
 
     def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         ids, pad_mask = random_windows(batch["text"].cpu(), batch["text_pad_mask"].cpu(), args.window)
-        logits, targets, _ = masked_logits(model, ids, pad_mask)
+        logits, targets = masked_logits(model, ids, pad_mask)
         loss = nn.functional.cross_entropy(logits, targets)
         return loss, {"masked_accuracy": (logits.argmax(dim=1) == targets).float().mean()}
 
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
         for batch in make_loader(shards["test"], batch_size=16, mode="epoch", shuffle=False,
                                  num_workers=args.num_workers):
             ids, pad_mask = consecutive_windows(batch["text"], batch["text_pad_mask"], args.window)
-            logits, targets, _ = masked_logits(model, ids, pad_mask, generator)
+            logits, targets = masked_logits(model, ids, pad_mask, generator)
             sums += torch.stack([
                 torch.tensor(float(targets.numel()), dtype=torch.float64, device=device),
                 (logits.argmax(dim=1) == targets).sum().double(),
