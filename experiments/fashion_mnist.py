@@ -72,7 +72,8 @@ def augment(images: torch.Tensor, max_shift: int) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
         max_steps=4000, batch_size=128, lr=1e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
-        num_cross_attention_heads=4, num_self_attention_heads=4, num_self_attention_layers=4, eval_every=1000, checkpoint_every=500))
+        num_cross_attention_heads=4, num_self_attention_heads=4, num_self_attention_layers=4, eval_every=1000,
+        checkpoint_every=500))
     parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/fashion-mnist")
     parser.add_argument("--patch-size", type=int, default=4, help="side of the square patches (divides 28)")
     parser.add_argument("--embed-channels", type=int, default=128, help="width of the linear patch embedding")

@@ -26,8 +26,8 @@ from torch import nn
 if __package__ in (None, ""):  # run as a file: python experiments/shakespeare_mlm.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (build_parser, check_args, encoder_kwargs, loader_batches, per_rank_seed, start_run,
-                                train_config)
+from experiments.common import (build_parser, check_args, encoder_kwargs, loader_batches, per_rank_seed, run_summary,
+                                start_run, train_config)
 from experiments.datasets import ensure_shards
 from perceiver import PerceiverDecoder, PerceiverEncoder, PerceiverIO
 from perceiver.adapters import MASK_ID, PAD_ID, ByteAdapter, TokenOutput, TokenQueries
@@ -183,12 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         "unigram_masked_accuracy": metrics.get("unigram_masked_accuracy", float("nan")),
         "unigram_bits_per_byte": metrics.get("unigram_bits_per_byte", float("nan")),
         "test_masked_bytes": int(metrics.get("masked_bytes", 0)),
-        "final_train_loss": result.losses[-1][1] if result.losses else float("nan"),
-        "steps": result.step,
-        "train_seconds": round(result.train_seconds, 2),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "corrupt_samples": result.corrupt_samples,
-        "world_size": run.context.world_size,
+        **run_summary(result, model, run),
     })
 
 

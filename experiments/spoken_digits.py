@@ -25,8 +25,8 @@ from torch import nn
 if __package__ in (None, ""):  # run as a file: python experiments/spoken_digits.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (build_parser, check_args, encoder_kwargs, loader_batches, per_rank_seed, start_run,
-                                train_config)
+from experiments.common import (build_parser, check_args, encoder_kwargs, loader_batches, per_rank_seed, run_summary,
+                                start_run, train_config)
 from experiments.datasets import ensure_shards
 from perceiver import PerceiverDecoder, PerceiverEncoder, PerceiverIO
 from perceiver.adapters import ClassificationOutput, ClassificationQuery, SpectrogramAdapter
@@ -199,12 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         "test_samples": int(result.eval_metrics.get("samples", 0)),
         "real_accuracy": result.eval_metrics.get("real_accuracy", float("nan")),
         "real_samples": int(result.eval_metrics.get("real_samples", 0)),
-        "final_train_loss": result.losses[-1][1] if result.losses else float("nan"),
-        "steps": result.step,
-        "train_seconds": round(result.train_seconds, 2),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "corrupt_samples": result.corrupt_samples,
-        "world_size": run.context.world_size,
+        **run_summary(result, model, run),
     })
 
 
