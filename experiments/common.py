@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from perceiver import PerceiverDecoder, PerceiverEncoder, PerceiverIO
+from perceiver.adapters import ClassificationOutput, ClassificationQuery
 from perceiver.training import (
     LATEST,
     WANDB_MODES,
@@ -141,6 +143,24 @@ def loader_batches(shards, *, batch_size: int, seed: int, mode: str = "epoch", n
                            num_workers=num_workers, **options)
 
     return make_batches
+
+
+def classifier(adapter: torch.nn.Module, args: argparse.Namespace, *, num_classes: int, widening_factor: int = 1,
+               init_scale: float = 0.02) -> PerceiverIO:
+    """A Perceiver IO classifier behind ``adapter``: the encoder from the model size flags, one class query."""
+    channels = args.num_latent_channels
+    return PerceiverIO(
+        input_adapter=adapter,
+        encoder=PerceiverEncoder(num_input_channels=adapter.num_channels, **encoder_kwargs(args),
+                                 cross_attention_widening_factor=widening_factor,
+                                 self_attention_widening_factor=widening_factor, init_scale=init_scale),
+        decoder=PerceiverDecoder(
+            query_provider=ClassificationQuery(num_channels=channels),
+            output_adapter=ClassificationOutput(num_channels=channels, num_classes=num_classes),
+            num_latent_channels=channels,
+            init_scale=init_scale,
+        ),
+    )
 
 
 def run_summary(result, model: torch.nn.Module, run: "Run") -> dict[str, Any]:

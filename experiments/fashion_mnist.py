@@ -19,11 +19,11 @@ from torch import nn
 if __package__ in (None, ""):  # run as a file: python experiments/fashion_mnist.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (build_parser, check_args, encoder_kwargs, loader_batches, per_rank_seed, run_summary,
+from experiments.common import (build_parser, check_args, classifier, loader_batches, per_rank_seed, run_summary,
                                 start_run, train_config)
 from experiments.datasets import ensure_shards
-from perceiver import PerceiverDecoder, PerceiverEncoder, PerceiverIO
-from perceiver.adapters import ClassificationOutput, ClassificationQuery, PatchAdapter
+from perceiver import PerceiverIO
+from perceiver.adapters import PatchAdapter
 from perceiver.data import make_loader
 from perceiver.training import train
 from perceiver.training.distributed import all_reduce_sum
@@ -38,19 +38,8 @@ MEAN, STD = 0.286, 0.353  # of the training images' pixels
 def build_model(args) -> PerceiverIO:
     adapter = PatchAdapter(in_channels=1, max_size=(28, 28), patch_size=args.patch_size,
                            embed_channels=args.embed_channels, num_bands=args.num_bands)
-    channels = args.num_latent_channels
-    return PerceiverIO(
-        input_adapter=adapter,
-        encoder=PerceiverEncoder(num_input_channels=adapter.num_channels, **encoder_kwargs(args),
-                                 cross_attention_widening_factor=args.widening_factor,
-                                 self_attention_widening_factor=args.widening_factor, init_scale=args.init_scale),
-        decoder=PerceiverDecoder(
-            query_provider=ClassificationQuery(num_channels=channels),
-            output_adapter=ClassificationOutput(num_channels=channels, num_classes=len(CLASSES)),
-            num_latent_channels=channels,
-            init_scale=args.init_scale,
-        ),
-    )
+    return classifier(adapter, args, num_classes=len(CLASSES), widening_factor=args.widening_factor,
+                      init_scale=args.init_scale)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

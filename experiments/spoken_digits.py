@@ -25,11 +25,11 @@ from torch import nn
 if __package__ in (None, ""):  # run as a file: python experiments/spoken_digits.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (build_parser, check_args, encoder_kwargs, loader_batches, per_rank_seed, run_summary,
+from experiments.common import (build_parser, check_args, classifier, loader_batches, per_rank_seed, run_summary,
                                 start_run, train_config)
 from experiments.datasets import ensure_shards
-from perceiver import PerceiverDecoder, PerceiverEncoder, PerceiverIO
-from perceiver.adapters import ClassificationOutput, ClassificationQuery, SpectrogramAdapter
+from perceiver import PerceiverIO
+from perceiver.adapters import SpectrogramAdapter
 from perceiver.data import make_loader
 from perceiver.masks import pad_mask_from_lengths
 from perceiver.training import train
@@ -53,19 +53,7 @@ def build_adapter(args) -> SpectrogramAdapter:
 
 
 def build_model(args) -> PerceiverIO:
-    adapter = build_adapter(args)
-    channels = args.num_latent_channels
-    return PerceiverIO(
-        input_adapter=adapter,
-        encoder=PerceiverEncoder(num_input_channels=adapter.num_channels, **encoder_kwargs(args),
-                                 cross_attention_widening_factor=args.widening_factor,
-                                 self_attention_widening_factor=args.widening_factor),
-        decoder=PerceiverDecoder(
-            query_provider=ClassificationQuery(num_channels=channels),
-            output_adapter=ClassificationOutput(num_channels=channels, num_classes=len(CLASSES)),
-            num_latent_channels=channels,
-        ),
-    )
+    return classifier(build_adapter(args), args, num_classes=len(CLASSES), widening_factor=args.widening_factor)
 
 
 def crop(audio: torch.Tensor, pad_mask: torch.Tensor, max_samples: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ A task model is ``PerceiverIO(input_adapter=..., encoder=..., decoder=...)`` whe
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
 
 class InputAdapter(nn.Module):
