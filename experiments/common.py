@@ -163,6 +163,18 @@ def classifier(adapter: torch.nn.Module, args: argparse.Namespace, *, num_classe
     )
 
 
+def confusion_metrics(counts: torch.Tensor, class_names: list[str], *, figure: bool, prefix: str = "") -> dict[str, Any]:
+    """Accuracy and sample count of a confusion matrix (rows: true class), and its figure when ``figure``."""
+    seen = int(counts.sum())
+    metrics: dict[str, Any] = {f"{prefix}accuracy": float(counts.diagonal().sum()) / max(1, seen),
+                               f"{prefix}samples": seen}
+    if figure:
+        from perceiver.training.plots import confusion_matrix_figure  # matplotlib only where figures are drawn
+
+        metrics[f"{prefix}confusion_matrix"] = confusion_matrix_figure(counts, class_names=class_names)
+    return metrics
+
+
 def run_summary(result, model: torch.nn.Module, run: "Run") -> dict[str, Any]:
     """The figures every experiment reports beside its own: steps, time, size, skipped samples, processes."""
     return {

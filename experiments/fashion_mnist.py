@@ -19,15 +19,15 @@ from torch import nn
 if __package__ in (None, ""):  # run as a file: python experiments/fashion_mnist.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (build_parser, check_args, classifier, loader_batches, per_rank_seed, run_summary,
-                                start_run, train_config)
+from experiments.common import (build_parser, check_args, classifier, confusion_metrics, loader_batches,
+                                per_rank_seed, run_summary, start_run, train_config)
 from experiments.datasets import ensure_shards
 from perceiver import PerceiverIO
 from perceiver.adapters import PatchAdapter
 from perceiver.data import make_loader
 from perceiver.training import train
 from perceiver.training.distributed import all_reduce_sum
-from perceiver.training.plots import confusion_matrix, confusion_matrix_figure
+from perceiver.training.plots import confusion_matrix
 
 NAME = "fashion_mnist"
 DATASET = "fashion-mnist"
@@ -100,11 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  num_workers=args.num_workers):
             logits = model(normalize(batch["image"]).to(device))
             counts += confusion_matrix(logits.argmax(dim=1), batch["label"].to(device), num_classes=len(CLASSES))
-        counts = all_reduce_sum(counts)
-        metrics = {"accuracy": float(counts.diagonal().sum()) / float(counts.sum()), "samples": int(counts.sum())}
-        if run.tracker.active:
-            metrics["confusion_matrix"] = confusion_matrix_figure(counts, class_names=list(CLASSES))
-        return metrics
+        return confusion_metrics(all_reduce_sum(counts), list(CLASSES), figure=run.tracker.active)
 
     make_batches = loader_batches(shards["train"], batch_size=args.batch_size, seed=args.seed,
                                   num_workers=args.num_workers, drop_last=True)

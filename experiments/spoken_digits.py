@@ -25,8 +25,8 @@ from torch import nn
 if __package__ in (None, ""):  # run as a file: python experiments/spoken_digits.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (build_parser, check_args, classifier, loader_batches, per_rank_seed, run_summary,
-                                start_run, train_config)
+from experiments.common import (build_parser, check_args, classifier, confusion_metrics, loader_batches,
+                                per_rank_seed, run_summary, start_run, train_config)
 from experiments.datasets import ensure_shards
 from perceiver import PerceiverIO
 from perceiver.adapters import SpectrogramAdapter
@@ -34,7 +34,7 @@ from perceiver.data import make_loader
 from perceiver.masks import pad_mask_from_lengths
 from perceiver.training import train
 from perceiver.training.distributed import all_reduce_sum
-from perceiver.training.plots import confusion_matrix, confusion_matrix_figure
+from perceiver.training.plots import confusion_matrix
 
 NAME = "spoken_digits"
 DATASET = "spoken-digits"
@@ -169,11 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
     def evaluate(model: nn.Module) -> dict:
         metrics = {}
         for split, prefix in (("test", ""), ("real", "real_")):
-            counts = split_counts(model, split)
-            metrics[f"{prefix}accuracy"] = float(counts.diagonal().sum()) / max(1, int(counts.sum()))
-            metrics[f"{prefix}samples"] = int(counts.sum())
-            if run.tracker.active:
-                metrics[f"{prefix}confusion_matrix"] = confusion_matrix_figure(counts, class_names=list(CLASSES))
+            metrics.update(confusion_metrics(split_counts(model, split), list(CLASSES), figure=run.tracker.active,
+                                             prefix=prefix))
         return metrics
 
     make_batches = loader_batches(shards["train"], batch_size=args.batch_size, seed=args.seed,
