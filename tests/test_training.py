@@ -330,6 +330,7 @@ def _ddp_resume_worker(rank: int, port: int, out_dir: str, phase: str) -> None:
     crash_after = 4 if phase == "crash" else None
     make_batches = epoch_batches(batches_per_epoch=5, seed=rank, crash_after=crash_after)  # each rank its own data
     config = quiet_config(checkpoint_every=3, resume=phase == "resume")
+    peers_arrive = True  # both ranks finish, or both hit the simulated crash at the same batch
     try:
         result = train(model, config=config, out_dir=Path(out_dir) / phase.replace("crash", "resume"),
                        make_batches=make_batches, loss_fn=classification_loss)
@@ -337,9 +338,10 @@ def _ddp_resume_worker(rank: int, port: int, out_dir: str, phase: str) -> None:
             torch.save(result.losses, Path(out_dir) / f"{phase}.pt")
     except RuntimeError as error:
         if phase != "crash" or "simulated crash" not in str(error):
+            peers_arrive = False
             raise
     finally:
-        cleanup_distributed()
+        cleanup_distributed(wait_for_peers=peers_arrive)
 
 
 @pytest.mark.slow

@@ -66,6 +66,14 @@ def all_gather_objects(value) -> list:
     return gathered
 
 
-def cleanup_distributed() -> None:
+def cleanup_distributed(*, wait_for_peers: bool = True) -> None:
+    """Leave the process group.
+
+    By default every rank first waits for the others: a rank that destroys its group while a peer is still
+    communicating with it can abort that peer (gloo: "terminate called without an active exception"). After an
+    error, when the peers may never arrive, pass ``wait_for_peers=False``.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
