@@ -5,7 +5,7 @@ Each keeps its constructor arguments in ``module.config``, from which ``perceive
 
 from perceiver.adapters.audio import SpectrogramAdapter, mel_filterbank
 from perceiver.adapters.base import InputAdapter, OutputAdapter, QueryProvider
-from perceiver.adapters.classification import ClassificationOutput, ClassificationQuery
+from perceiver.adapters.classification import ClassificationOutput, ClassificationQuery, LabelAdapter
 from perceiver.adapters.multimodal import MultimodalAdapter
 from perceiver.adapters.patches import PatchAdapter
 from perceiver.adapters.reconstruction import (
@@ -27,6 +27,7 @@ __all__ = [
     "ClassificationOutput",
     "ClassificationQuery",
     "InputAdapter",
+    "LabelAdapter",
     "MultimodalAdapter",
     "OutputAdapter",
     "PatchAdapter",

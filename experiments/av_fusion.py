@@ -1,0 +1,158 @@
+"""Fusion strategies on audio-visual digits: unimodal, early, late and hybrid fusion with degraded inputs.
+
+Each run trains one ``--variant`` on ``av-digits`` (an MNIST image and a spoken digit of the same class, both
+degraded, see ``experiments/av_digits.py``) and evaluates it on the held-out test pairs with both modalities, with
+the image only and with the audio only:
+
+- ``image``, ``audio``: a Perceiver IO classifier over one modality (the unimodal baselines);
+- ``early``: one ``MultimodalAdapter`` and one latent array over the tokens of both modalities;
+- ``late``: one Perceiver IO per modality, their class log-probabilities combined with learned weights
+  (``LateFusionClassifier``);
+- ``hybrid``: one encoder per modality, their latents concatenated and refined by shared self-attention
+  (``HybridFusionClassifier``).
+
+Fusion variants train with modality dropout (``--modality-dropout``): each sample loses each modality with that
+probability (never both), so the same model answers when a modality is missing at test time::
+
+    python -m experiments.av_fusion --variant image --out runs/av-fusion/image
+    python -m experiments.av_fusion --variant early --out runs/av-fusion/early
+    python -m experiments.summarize runs/av-fusion/* --keys test_accuracy_both test_accuracy_image_only \\
+        test_accuracy_audio_only --plot runs/av-fusion/comparison.png
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+if __package__ in (None, ""):  # run as a file: python experiments/av_fusion.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments import av_digits
+from experiments.av_digits import CLASSES, MODALITIES, Degradation, model_inputs
+from experiments.common import (build_parser, check_args, classifier, confusion_metrics, encoder_kwargs,
+                                loader_batches, per_rank_seed, run_summary, start_run, train_config)
+from experiments.datasets import ensure_shards
+from perceiver import PerceiverEncoder
+from perceiver.adapters import MultimodalAdapter
+from perceiver.data import make_loader
+from perceiver.fusion import HybridFusionClassifier, LateFusionClassifier, drop_modalities
+from perceiver.training import train
+from perceiver.training.distributed import all_reduce_sum
+from perceiver.training.plots import confusion_matrix
+
+NAME = "av_fusion"
+VARIANTS = ("image", "audio", "early", "late", "hybrid")
+# Which modalities a test condition gives the model.
+CONDITIONS = {"both": ("image", "audio"), "image_only": ("image",), "audio_only": ("audio",)}
+
+
+def variant_modalities(variant: str) -> tuple[str, ...]:
+    return (variant,) if variant in MODALITIES else MODALITIES
+
+
+def build_model(args) -> nn.Module:
+    """The model of ``args.variant``; every variant is called as ``model(x, pad_masks)`` with ``x`` a dict."""
+    adapters = {"image": av_digits.image_adapter, "audio": av_digits.audio_adapter}
+    kwargs = dict(num_classes=len(CLASSES), widening_factor=args.widening_factor, init_scale=args.init_scale)
+    if args.variant in MODALITIES:
+        return classifier(MultimodalAdapter(adapters={args.variant: adapters[args.variant](args)}), args, **kwargs)
+    if args.variant == "early":
+        return classifier(MultimodalAdapter(adapters={name: adapters[name](args) for name in MODALITIES}), args,
+                          **kwargs)
+    if args.variant == "late":
+        return LateFusionClassifier(models={name: classifier(adapters[name](args), args, **kwargs)
+                                            for name in MODALITIES}, weighting="learned")
+    built = {name: adapters[name](args) for name in MODALITIES}
+    encoders = {name: PerceiverEncoder(num_input_channels=adapter.num_channels, **encoder_kwargs(args),
+                                       cross_attention_widening_factor=args.widening_factor,
+                                       self_attention_widening_factor=args.widening_factor, init_scale=args.init_scale)
+                for name, adapter in built.items()}
+    return HybridFusionClassifier(adapters=built, encoders=encoders, num_classes=len(CLASSES),
+                                  num_fusion_layers=args.num_fusion_layers,
+                                  num_fusion_heads=args.num_self_attention_heads, init_std=args.init_scale)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
+        max_steps=1500, batch_size=64, lr=2e-3, weight_decay=0.05, num_latents=16, num_latent_channels=64,
+        num_cross_attention_heads=2, num_self_attention_heads=4, num_self_attention_layers=2, eval_every=500,
+        checkpoint_every=500))
+    parser.add_argument("--variant", choices=VARIANTS, required=True, help="the model to train (see above)")
+    parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/av-digits")
+    parser.add_argument("--modality-dropout", type=float, default=0.3,
+                        help="fusion variants: probability that a sample loses each modality in training")
+    parser.add_argument("--num-fusion-layers", type=int, default=2, help="hybrid: shared self-attention layers")
+    parser.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
+    parser.add_argument("--init-scale", type=float, default=0.2, help="std of the initial weights")
+    parser.add_argument("--limit", type=int, default=None, help="build at most this many samples per split")
+    parser.add_argument("--num-workers", type=int, default=1, help="data loader workers per process")
+    av_digits.add_adapter_args(parser)
+    av_digits.add_degradation_args(parser, image_noise=0.35, occlusion=12, audio_snr_db=-10.0)
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    av_digits.check_adapter_args(parser, args)
+    if not 0 <= args.modality_dropout < 1:
+        parser.error(f"--modality-dropout: expected a probability in [0, 1), got {args.modality_dropout}")
+
+    run = start_run(args, name=NAME)
+    shards = ensure_shards(av_digits.DATASET, args.data, ("train", "test"), limit=args.limit, seed=args.seed)
+    model = build_model(args)
+    per_rank_seed(args.seed, run.context.rank)
+    device = run.context.device
+    modalities = variant_modalities(args.variant)
+    degradation = Degradation.from_args(args)
+    fusing = len(modalities) > 1
+
+    def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        x, pad_masks = model_inputs(batch, modalities, device, degradation)
+        if fusing and args.modality_dropout:
+            x = drop_modalities(x, list(modalities), args.modality_dropout)
+        logits = model(x, pad_masks).float()
+        labels = batch["label"].to(device)
+        loss = nn.functional.cross_entropy(logits, labels)
+        return loss, {"accuracy": (logits.argmax(dim=1) == labels).float().mean()}
+
+    conditions = {name: given for name, given in CONDITIONS.items() if set(given) <= set(modalities)}
+
+    @torch.no_grad()
+    def evaluate(model: nn.Module) -> dict:
+        generator = av_digits.eval_generator(args.seed)
+        counts = {name: torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.int64, device=device)
+                  for name in conditions}
+        for batch in make_loader(shards["test"], batch_size=250, mode="epoch", shuffle=False,
+                                 num_workers=args.num_workers):
+            x, pad_masks = model_inputs(batch, MODALITIES, device, degradation, generator)
+            labels = batch["label"].to(device)
+            for name, given in conditions.items():
+                logits = model({key: x[key] for key in given}, {key: v for key, v in pad_masks.items() if key in given})
+                counts[name] += confusion_matrix(logits.argmax(dim=1), labels, num_classes=len(CLASSES))
+        metrics = {}
+        for name, count in counts.items():
+            metrics.update(confusion_metrics(all_reduce_sum(count), list(CLASSES), prefix=f"{name}/",
+                                             figure=run.tracker.active and name == "both"))
+        return metrics
+
+    make_batches = loader_batches(shards["train"], batch_size=args.batch_size, seed=args.seed,
+                                  num_workers=args.num_workers, drop_last=True)
+    result = train(model, config=train_config(args), make_batches=make_batches, loss_fn=loss_fn, evaluate=evaluate,
+                   out_dir=run.out, tracker=run.tracker, device=device, run_config=run.config)
+    if run.context.is_main:
+        torch.save(model.state_dict(), run.out / "model.pt")
+    reported = {f"test_accuracy_{name}": result.eval_metrics.get(f"{name}/accuracy", float("nan"))
+                for name in conditions}
+    return run.finish({
+        "variant": args.variant,
+        **reported,
+        "test_samples": int(result.eval_metrics.get(f"{next(iter(conditions))}/samples", 0)),
+        "degradation": degradation.describe(),
+        "modality_dropout": args.modality_dropout if fusing else 0.0,
+        **run_summary(result, model, run),
+    })
+
+
+if __name__ == "__main__":
+    main()
