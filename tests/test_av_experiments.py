@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from experiments import av_digits, av_fusion, av_recovery, summarize
+from experiments import av_digits, av_fusion, av_recovery, resampler_digits, summarize
 from perceiver.adapters import LabelAdapter
 
 TINY_MODEL = ["--num-latents", "4", "--num-latent-channels", "16", "--embed-channels", "16", "--num-bands", "2",
@@ -52,9 +52,20 @@ def test_recovery_tiny_run_reports_psnr_judged_accuracy_and_saves_the_grid(tmp_p
         assert math.isfinite(metrics[f"test_image_{condition}_psnr"])
         assert 0.0 <= metrics[f"test_image_{condition}_judged_accuracy"] <= 1.0
     assert math.isfinite(metrics["test_audio_from_image_psnr"])
-    assert math.isfinite(metrics["test_baseline_class_mean_psnr"]) and math.isfinite(metrics["test_baseline_mean_image_psnr"])
+    assert math.isfinite(metrics["test_baseline_class_mean_psnr"])
+    assert math.isfinite(metrics["test_baseline_mean_image_psnr"])
     assert (tmp_path / "recovery" / "reconstructions.png").stat().st_size > 0
     assert (tmp_path / "recovery" / "image_classifier" / "model" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("summary", resampler_digits.SUMMARIES)
+def test_resampler_tiny_run_classifies_variable_length_features_independently_of_padding(tmp_path, data, summary):
+    metrics = run(resampler_digits, tmp_path / summary, data, "--summary", summary, "--num-tokens", "3",
+                  "--token-channels", "8", "--num-heads", "2", "--num-resampler-layers", "1",
+                  "--num-classifier-layers", "1")
+    assert metrics["summary"] == summary and 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_samples"] == 12
+    assert metrics["test_frames_min"] < metrics["test_frames_max"]  # the features really vary in length
+    assert metrics["padding_max_abs_logit_gap"] < 1e-4
 
 
 def test_degrade_images_noises_only_the_square_and_stays_in_range():
