@@ -9,7 +9,7 @@ in pretraining.
 Then the encoder is frozen and sees whole images. Its features are the mean over latents of its output (B, D); a
 multinomial logistic regression (``perceiver.probe``) is fitted on ``--probe-train-samples`` training images and
 scored on the 10,000 test images. The same probe on the same encoder at its random initialisation (same seed,
-untrained) is the baseline::
+untrained) is the baseline; the probe on the raw pixels is a reference::
 
     python -m experiments.masked_pretraining --out runs/masked-pretraining
 """
@@ -17,6 +17,7 @@ untrained) is the baseline::
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -95,13 +96,12 @@ def encoder_features(model: PerceiverIO, images: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def split_features(model: PerceiverIO, shards: list[str], *, limit: int | None, device,
-                   num_workers: int) -> tuple[Tensor, Tensor]:
-    """Features and labels of the first ``limit`` samples (all when None) of a split, in shard order."""
+def split_features(featurize, shards: list[str], *, limit: int | None, device, num_workers: int) -> tuple[Tensor, Tensor]:
+    """``featurize(normalised images)`` and labels of the first ``limit`` samples (all when None) of a split."""
     features, labels, seen = [], [], 0
     for batch in make_loader(shards, batch_size=500, mode="epoch", shuffle=False, num_workers=num_workers):
         images = batch["image"][: None if limit is None else limit - seen]
-        features.append(encoder_features(model, normalize(images).to(device)).float().cpu())
+        features.append(featurize(normalize(images).to(device)).float().cpu())
         labels.append(batch["label"][: len(images)])
         seen += len(images)
         if limit is not None and seen >= limit:
@@ -109,15 +109,20 @@ def split_features(model: PerceiverIO, shards: list[str], *, limit: int | None, 
     return torch.cat(features), torch.cat(labels)
 
 
-def probe_accuracy(model: PerceiverIO, shards: dict[str, list[str]], args, device) -> float:
-    model.eval()
-    train_features, train_labels = split_features(model, shards["train"], limit=args.probe_train_samples,
+def probe_accuracy(featurize, shards: dict[str, list[str]], args, device) -> float:
+    """Test accuracy of a linear probe on ``featurize``'s features of ``--probe-train-samples`` training images."""
+    train_features, train_labels = split_features(featurize, shards["train"], limit=args.probe_train_samples,
                                                   device=device, num_workers=args.num_workers)
-    test_features, test_labels = split_features(model, shards["test"], limit=None, device=device,
+    test_features, test_labels = split_features(featurize, shards["test"], limit=None, device=device,
                                                 num_workers=args.num_workers)
     probe = fit_linear_probe(train_features, train_labels, num_classes=len(CLASSES),
                              weight_decay=args.probe_weight_decay, max_iter=args.probe_iterations)
     return probe.accuracy(test_features, test_labels)
+
+
+def pixel_features(images: Tensor) -> Tensor:
+    """The reference features: the normalised pixels themselves (B, H * W)."""
+    return images.flatten(1)
 
 
 def reconstruction_figure(model: PerceiverIO, images: Tensor, hidden_index: Tensor):
@@ -219,9 +224,13 @@ def main(argv: list[str] | None = None) -> dict:
         model.save_pretrained(run.out / "model")
         seed_everything(args.seed)
         random_model = build_model(args).to(device)
-        probes = {"probe_accuracy_pretrained": probe_accuracy(model, shards, args, device),
-                  "probe_accuracy_random": probe_accuracy(random_model, shards, args, device)}
+        model.eval()
+        random_model.eval()
+        probes = {"probe_accuracy_pretrained": probe_accuracy(partial(encoder_features, model), shards, args, device),
+                  "probe_accuracy_random": probe_accuracy(partial(encoder_features, random_model), shards, args,
+                                                          device)}
         probes["probe_gain"] = probes["probe_accuracy_pretrained"] - probes["probe_accuracy_random"]
+        probes["probe_accuracy_pixels"] = probe_accuracy(pixel_features, shards, args, device)
         print(", ".join(f"{key} {value:.4f}" for key, value in probes.items()))
         run.tracker.log(probes, step=result.step)
     return run.finish({

@@ -182,7 +182,7 @@ def test_masked_pretraining_tiny_run(tmp_path):
     assert metrics == returned
     assert all(isinstance(value, (int, float, str, bool)) for value in metrics.values())  # flat
     assert metrics["steps"] == 3 and metrics["corrupt_samples"] == 0 and metrics["hidden_patches"] == 8
-    for key in ("probe_accuracy_pretrained", "probe_accuracy_random"):
+    for key in ("probe_accuracy_pretrained", "probe_accuracy_random", "probe_accuracy_pixels"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["probe_gain"] == pytest.approx(metrics["probe_accuracy_pretrained"] - metrics["probe_accuracy_random"])
     assert math.isfinite(metrics["final_train_loss"]) and metrics["test_reconstruction_mse"] > 0
