@@ -146,11 +146,12 @@ def reconstruction_figure(model: PerceiverIO, images: Tensor, hidden_index: Tens
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
-        max_steps=3000, batch_size=128, lr=1e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
-        num_cross_attention_heads=4, num_self_attention_heads=4, num_self_attention_layers=4, eval_every=1000,
-        checkpoint_every=500))
+        max_steps=800, batch_size=128, lr=1e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
+        num_cross_attention_heads=4, num_self_attention_heads=4, num_self_attention_layers=4, eval_every=400,
+        checkpoint_every=200))
     parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/fashion-mnist")
-    parser.add_argument("--mask-ratio", type=float, default=0.75, help="fraction of patches hidden from the encoder")
+    # MAE hides 75%; at 800 steps on Fashion-MNIST half made the better probe (80.0% against 79.0%, docs/masked.md).
+    parser.add_argument("--mask-ratio", type=float, default=0.5, help="fraction of patches hidden from the encoder")
     parser.add_argument("--patch-size", type=int, default=4, help="side of the square patches (divides 28)")
     parser.add_argument("--embed-channels", type=int, default=128, help="width of the linear patch embedding")
     parser.add_argument("--num-bands", type=int, default=8, help="Fourier frequency bands per image axis")
