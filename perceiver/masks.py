@@ -22,6 +22,21 @@ def pad_mask_from_lengths(lengths: Tensor, max_length: int | None = None) -> Ten
     return positions[None, :] >= lengths[:, None]
 
 
+def pad_mask_from_index(index: Tensor, length: int) -> Tensor:
+    """Pad mask (B, length), True at the token positions ``index`` (B, K) of each sample: e.g. tokens to hide.
+
+    Hiding tokens through the pad mask removes them from attention exactly, as if they were never there.
+    """
+    if index.dim() != 2:
+        raise ValueError(f"index: expected a (B, K) tensor of token positions, got shape {tuple(index.shape)}")
+    if index.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"index: expected an int32 or int64 tensor, got {index.dtype}")
+    if index.numel() and not 0 <= int(index.min()) <= int(index.max()) < length:
+        raise ValueError(f"index: expected positions in [0, {length}), got [{int(index.min())}, {int(index.max())}]")
+    mask = torch.zeros(index.shape[0], length, dtype=torch.bool, device=index.device)
+    return mask.scatter(1, index.long(), True)
+
+
 def check_pad_mask(pad_mask: Tensor | None, batch_size: int, length: int, name: str = "pad_mask") -> None:
     """Raise a clear error unless ``pad_mask`` is None or a bool tensor of shape (batch_size, length)."""
     if pad_mask is None:

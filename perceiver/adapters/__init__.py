@@ -12,6 +12,7 @@ from perceiver.adapters.reconstruction import (
     ReconstructionOutput,
     ReconstructionQueries,
     gather_output_points,
+    normalize_patches,
     sample_output_index,
 )
 from perceiver.adapters.text import CLS_ID, MASK_ID, PAD_ID, SEP_ID, VOCAB_SIZE, ByteAdapter
@@ -39,5 +40,6 @@ __all__ = [
     "TokenQueries",
     "gather_output_points",
     "mel_filterbank",
+    "normalize_patches",
     "sample_output_index",
 ]

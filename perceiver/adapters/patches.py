@@ -18,6 +18,11 @@ _PATCHIFY = {
     1: "b c (t pt) -> b t (pt c)",
     2: "b c (h ph) (w pw) -> b (h w) (ph pw c)",
 }
+# The inverse of _PATCHIFY: flattened patches back to the input layout (grid sizes h, w or t are given).
+_UNPATCHIFY = {
+    1: "b t (pt c) -> b c (t pt)",
+    2: "b (h w) (ph pw c) -> b c (h ph) (w pw)",
+}
 _MASK_PATCHES = {
     1: "b (t pt) -> b t pt",
     2: "b (h ph) (w pw) -> b (h w) (ph pw)",
@@ -134,6 +139,24 @@ class PatchAdapter(InputAdapter):
         self.check_input(x)
         sizes = dict(zip(("ph", "pw") if self.num_dims == 2 else ("pt",), self.patch_size))
         return rearrange(x, _PATCHIFY[self.num_dims], **sizes)
+
+    def unpatchify(self, patches: Tensor, size: Sequence[int] | None = None) -> Tensor:
+        """The inverse of ``patchify``: patches (B, M, prod(patch_size) * C) → the input layout at ``size``.
+
+        ``size`` is the input's spatial size, ``(H, W)`` or ``(T,)``; by default ``max_size``. Used to look at
+        reconstructed patches as images or signals.
+        """
+        size = self.max_size if size is None else as_shape(size, "size")
+        grid = [n // p for n, p in zip(size, self.patch_size)]
+        if len(size) != self.num_dims or any(n % p for n, p in zip(size, self.patch_size)):
+            raise ValueError(f"size: expected {self.num_dims} multiples of patch_size={self.patch_size}, got {size}")
+        layout = f"(B, {math.prod(grid)}, {self.patch_channels})"
+        check_tensor(patches, "patches", kind="float", rank=3, layout=layout)
+        if tuple(patches.shape[1:]) != (math.prod(grid), self.patch_channels):
+            raise ValueError(f"patches: expected shape {layout} for size {size}, got {tuple(patches.shape)}")
+        names = ("h", "w") if self.num_dims == 2 else ("t",)
+        sizes = dict(zip(names, grid)) | dict(zip(("ph", "pw") if self.num_dims == 2 else ("pt",), self.patch_size))
+        return rearrange(patches, _UNPATCHIFY[self.num_dims], **sizes)
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         patches = self.patchify(x)

@@ -45,6 +45,19 @@ def gather_output_points(values: Tensor, output_index: Tensor) -> Tensor:
     return torch.gather(values, 1, output_index[:, :, None].expand(-1, -1, values.shape[-1]))
 
 
+def normalize_patches(patches: Tensor, *, eps: float = 1e-6) -> Tensor:
+    """Each patch's values (B, M, V) minus their mean, over their standard deviation: MAE's reconstruction targets.
+
+    Normalised targets make the loss weigh a faint patch's structure like a bright one's, instead of rewarding a
+    model that predicts each patch's average brightness. The variance is the biased one over the V values of a
+    patch; ``eps`` keeps a flat patch (all values equal) finite: it maps to zeros.
+    """
+    check_tensor(patches, "patches", kind="float", rank=3, layout="(B, M, V)")
+    mean = patches.mean(dim=-1, keepdim=True)
+    variance = patches.var(dim=-1, unbiased=False, keepdim=True)
+    return (patches - mean) / (variance + eps).sqrt()
+
+
 class ReconstructionQueries(QueryProvider):
     """Queries for the output points of one or more modalities, each on its own grid (``output_shapes``).
 

@@ -1,4 +1,4 @@
-"""Figures for wandb: a confusion matrix, and where the latents look in the input (first cross-attention).
+"""Figures for wandb: a confusion matrix, where the latents look in the input (first cross-attention), image grids.
 
 matplotlib is imported when a figure is drawn, so training never needs it otherwise.
 """
@@ -78,5 +78,41 @@ def attention_map_figure(weights: Tensor, *, title: str = "latents × input toke
     axes.set_xlabel("input token")
     axes.set_ylabel("latent")
     axes.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def image_grid_figure(columns: dict[str, Tensor], *, cell_size: float = 1.2):
+    """A matplotlib figure with one row per sample and one column per entry of ``columns``, e.g. original,
+    masked input, reconstruction.
+
+    Each value is (S, H, W) or single-channel (S, 1, H, W), the same S for all; NaN pixels (e.g. hidden patches)
+    are drawn in red. Every image is scaled to its own range of finite values.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not columns:
+        raise ValueError("columns: expected a non-empty {title: images (S, H, W)} dict, got an empty one")
+    images = {}
+    for title, value in columns.items():
+        value = value.detach().float().cpu()
+        value = value[:, 0] if value.dim() == 4 and value.shape[1] == 1 else value
+        if value.dim() != 3:
+            raise ValueError(f"columns[{title!r}]: expected (S, H, W) or (S, 1, H, W), got {tuple(value.shape)}")
+        images[title] = value
+    counts = {value.shape[0] for value in images.values()}
+    if len(counts) != 1:
+        raise ValueError(f"columns: expected the same number of images in every column, got {sorted(counts)}")
+    rows = counts.pop()
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="tab:red")
+    figure, axes = plt.subplots(rows, len(images), figsize=(cell_size * len(images), cell_size * rows), squeeze=False)
+    for column, (title, value) in enumerate(images.items()):
+        axes[0, column].set_title(title, fontsize=8)
+        for row in range(rows):
+            axes[row, column].imshow(value[row].numpy(), cmap=cmap, interpolation="nearest")
+            axes[row, column].axis("off")
     figure.tight_layout()
     return figure
