@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         num_cross_attention_heads=4, num_self_attention_heads=4, num_self_attention_layers=4, eval_every=400,
         checkpoint_every=200))
     parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/fashion-mnist")
-    # MAE hides 75%; at 800 steps on Fashion-MNIST half made the better probe (80.0% against 79.0%, docs/masked.md).
+    # MAE hides 75%; at 800 steps on Fashion-MNIST half made the better probe (80.0% against 79.0%, docs/multimodal.md).
     parser.add_argument("--mask-ratio", type=float, default=0.5, help="fraction of patches hidden from the encoder")
     parser.add_argument("--patch-size", type=int, default=4, help="side of the square patches (divides 28)")
     parser.add_argument("--embed-channels", type=int, default=128, help="width of the linear patch embedding")
