@@ -59,7 +59,7 @@ class PairedDataset:
     class_names: tuple[str, ...]
     image_channels: int
     image_size: int
-    image_mean: float
+    image_mean: float  # of 600 training images' pixels, rounded
     image_std: float
     background: float  # the value that fills the border uncovered by a shift (before normalisation)
     patch_size: int  # default --patch-size
@@ -294,6 +294,8 @@ def parse_args(argv: list[str] | None = None) -> tuple:
     for flag in ("embed_dim", "max_caption_bytes"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')}: expected a positive int, got {getattr(args, flag)}")
+    if args.image_shift < 0 or args.audio_shift < 0:
+        parser.error(f"--image-shift, --audio-shift: expected values >= 0, got {args.image_shift}, {args.audio_shift}")
     if not args.temperature > 0:
         parser.error(f"--temperature: expected a positive float, got {args.temperature}")
     return args, dataset

@@ -158,3 +158,13 @@ def test_shift_images_moves_content_and_fills_the_border():
         if dx < 0:
             uncovered[:, dx:] = True
         assert torch.all(image[:, uncovered] == 1.0) and torch.all(image[:, ~uncovered & (image[0] != 5.0)] == 0.0)
+
+
+def test_parse_args_fills_the_patch_size_per_dataset_and_rejects_bad_values(capsys):
+    assert contrastive.parse_args([])[0].patch_size == 4
+    assert contrastive.parse_args(["--dataset", "emoji"])[0].patch_size == 8
+    for bad in (["--patch-size", "5"], ["--dataset", "emoji", "--patch-size", "7"], ["--embed-dim", "0"],
+                ["--image-shift", "-1"], ["--temperature", "0"]):
+        with pytest.raises(SystemExit):
+            contrastive.parse_args(bad)
+        assert f"--{bad[-2].lstrip('-')}" in capsys.readouterr().err, bad
