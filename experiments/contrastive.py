@@ -259,8 +259,8 @@ def similarity_figure(similarity: Tensor, *, class_names: list[str], rows: str, 
 def parse_args(argv: list[str] | None = None) -> tuple:
     """The checked arguments and the chosen ``PairedDataset`` (per-dataset defaults filled in)."""
     parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
-        max_steps=1500, batch_size=128, lr=2e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
-        num_self_attention_heads=4, num_self_attention_layers=2, eval_every=0, checkpoint_every=500))
+        max_steps=800, batch_size=128, lr=2e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
+        num_self_attention_heads=4, num_self_attention_layers=2, eval_every=0, checkpoint_every=200))
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="av-digits")
     parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/<dataset>")
     parser.add_argument("--embed-dim", type=int, default=64, help="width of the joint embedding")
