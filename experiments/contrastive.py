@@ -267,7 +267,8 @@ def parse_args(argv: list[str] | None = None) -> tuple:
     parser.add_argument("--temperature", type=float, default=0.07, help="initial softmax temperature (learned)")
     # At the package's 0.02 these small embedders start with uniform attention and the same output for every input,
     # and InfoNCE has nothing to pull apart.
-    parser.add_argument("--init-scale", type=float, default=0.2, help="std of the encoder's and decoder's initial weights")
+    parser.add_argument("--init-scale", type=float, default=0.2,
+                        help="std of the encoder's and decoder's initial weights")
     parser.add_argument("--embed-channels", type=int, default=128, help="width of every adapter's token embedding")
     parser.add_argument("--num-bands", type=int, default=8, help="Fourier frequency bands per axis (image, audio)")
     parser.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
@@ -290,7 +291,8 @@ def parse_args(argv: list[str] | None = None) -> tuple:
     if args.patch_size is None:
         args.patch_size = dataset.patch_size
     if dataset.image_size % args.patch_size:
-        parser.error(f"--patch-size: expected a divisor of {dataset.image_size} ({args.dataset}), got {args.patch_size}")
+        parser.error(f"--patch-size: expected a divisor of {dataset.image_size} ({args.dataset}), "
+                     f"got {args.patch_size}")
     for flag in ("embed_dim", "max_caption_bytes"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')}: expected a positive int, got {getattr(args, flag)}")
