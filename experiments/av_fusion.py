@@ -33,14 +33,12 @@ if __package__ in (None, ""):  # run as a file: python experiments/av_fusion.py
 
 from experiments import av_digits
 from experiments.av_digits import CLASSES, MODALITIES, Degradation, model_inputs
-from experiments.common import (build_parser, check_args, classifier, confusion_metrics, encoder_kwargs,
-                                loader_batches, per_rank_seed, run_summary, start_run, train_config)
+from experiments.common import (build_encoder, build_parser, check_args, classifier, confusion_metrics, per_rank_seed,
+                                run_summary, start_run, train_on_shards)
 from experiments.datasets import ensure_shards
-from perceiver import PerceiverEncoder
 from perceiver.adapters import MultimodalAdapter
 from perceiver.data import make_loader
 from perceiver.fusion import HybridFusionClassifier, LateFusionClassifier, drop_modalities
-from perceiver.training import train
 from perceiver.training.distributed import all_reduce_sum
 from perceiver.training.plots import confusion_matrix
 
@@ -67,9 +65,8 @@ def build_model(args) -> nn.Module:
         return LateFusionClassifier(models={name: classifier(adapters[name](args), args, **kwargs)
                                             for name in MODALITIES}, weighting="learned")
     built = {name: adapters[name](args) for name in MODALITIES}
-    encoders = {name: PerceiverEncoder(num_input_channels=adapter.num_channels, **encoder_kwargs(args),
-                                       cross_attention_widening_factor=args.widening_factor,
-                                       self_attention_widening_factor=args.widening_factor, init_scale=args.init_scale)
+    encoders = {name: build_encoder(args, adapter.num_channels, widening_factor=args.widening_factor,
+                                    init_scale=args.init_scale)
                 for name, adapter in built.items()}
     return HybridFusionClassifier(adapters=built, encoders=encoders, num_classes=len(CLASSES),
                                   num_fusion_layers=args.num_fusion_layers,
@@ -136,10 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
                                              figure=run.tracker.active and name == "both"))
         return metrics
 
-    make_batches = loader_batches(shards["train"], batch_size=args.batch_size, seed=args.seed,
-                                  num_workers=args.num_workers, drop_last=True)
-    result = train(model, config=train_config(args), make_batches=make_batches, loss_fn=loss_fn, evaluate=evaluate,
-                   out_dir=run.out, tracker=run.tracker, device=device, run_config=run.config)
+    result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)
     if run.context.is_main:
         torch.save(model.state_dict(), run.out / "model.pt")
     reported = {f"test_accuracy_{name}": result.eval_metrics.get(f"{name}/accuracy", float("nan"))

@@ -34,10 +34,10 @@ if __package__ in (None, ""):  # run as a file: python experiments/av_recovery.p
 
 from experiments import av_digits
 from experiments.av_digits import CLASSES, IMAGE_MEAN, IMAGE_SIZE, IMAGE_STD, crop_audio
-from experiments.common import (build_parser, check_args, classifier, encoder_kwargs, loader_batches,
-                                per_rank_seed, run_summary, start_run, train_config)
+from experiments.common import (build_encoder, build_parser, check_args, classifier, loader_batches, per_rank_seed,
+                                run_summary, start_run, train_on_shards)
 from experiments.datasets import ensure_shards
-from perceiver import PerceiverDecoder, PerceiverEncoder, PerceiverIO
+from perceiver import PerceiverDecoder, PerceiverIO
 from perceiver.adapters import (LabelAdapter, MultimodalAdapter, ReconstructionOutput, ReconstructionQueries,
                                 gather_output_points, sample_output_index)
 from perceiver.data import make_loader
@@ -66,9 +66,8 @@ def build_model(args) -> Autoencoder:
     output = ReconstructionOutput(num_channels=channels, num_values=max(1, args.n_mels, len(CLASSES)))
     return Autoencoder(PerceiverIO(
         input_adapter=input_adapter,
-        encoder=PerceiverEncoder(num_input_channels=input_adapter.num_channels, **encoder_kwargs(args),
-                                 cross_attention_widening_factor=args.widening_factor,
-                                 self_attention_widening_factor=args.widening_factor, init_scale=args.init_scale),
+        encoder=build_encoder(args, input_adapter.num_channels, widening_factor=args.widening_factor,
+                              init_scale=args.init_scale),
         decoder=PerceiverDecoder(query_provider=queries, output_adapter=output, num_latent_channels=channels,
                                  num_cross_attention_heads=args.num_decoder_heads,
                                  cross_attention_widening_factor=args.widening_factor, init_scale=args.init_scale),
@@ -234,7 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
         image_index = sample_output_index(IMAGE_POINTS, args.image_points, batch_size=batch_size, device=device)
         audio_index = sample_output_index(frames, args.audio_points, batch_size=batch_size, device=device)
         decoded = model(x, pad_masks, {"image": image_index, "audio": audio_index, "label": None})
-        image_loss = nn.functional.mse_loss(decoded["image"].float(), gather_output_points(targets["image"], image_index))
+        image_target = gather_output_points(targets["image"], image_index)
+        image_loss = nn.functional.mse_loss(decoded["image"].float(), image_target)
         audio_error = (decoded["audio"].float() - gather_output_points(targets["audio"], audio_index)) ** 2
         real = ~torch.gather(targets["audio_pad"], 1, audio_index)
         audio_loss = audio_error.mean(dim=-1)[real].mean()
@@ -295,10 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
                 plt.close(figure)
         return metrics
 
-    make_batches = loader_batches(shards["train"], batch_size=args.batch_size, seed=args.seed,
-                                  num_workers=args.num_workers, drop_last=True)
-    result = train(model, config=train_config(args), make_batches=make_batches, loss_fn=loss_fn, evaluate=evaluate,
-                   out_dir=run.out, tracker=run.tracker, device=device, run_config=run.config)
+    result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)
     if run.context.is_main:
         model.perceiver.save_pretrained(run.out / "model")
     final = result.eval_metrics

@@ -42,7 +42,7 @@ from perceiver.training import (
     load_checkpoint,
     setup_distributed,
 )
-from perceiver.training.loop import PRECISIONS
+from perceiver.training.loop import PRECISIONS, TrainResult, train
 from perceiver.training.optim import OPTIMIZERS
 
 METRICS_FILE = "metrics.json"
@@ -145,15 +145,31 @@ def loader_batches(shards, *, batch_size: int, seed: int, mode: str = "epoch", n
     return make_batches
 
 
+def build_encoder(args: argparse.Namespace, num_input_channels: int, *, widening_factor: int = 1,
+                  init_scale: float = 0.02) -> PerceiverEncoder:
+    """A ``PerceiverEncoder`` from the model size flags; one widening factor for its cross- and self-attention MLPs."""
+    return PerceiverEncoder(num_input_channels=num_input_channels, **encoder_kwargs(args),
+                            cross_attention_widening_factor=widening_factor,
+                            self_attention_widening_factor=widening_factor, init_scale=init_scale)
+
+
+def train_on_shards(model: torch.nn.Module, args: argparse.Namespace, run: "Run", train_shards, *, loss_fn, evaluate,
+                    **loader_options) -> TrainResult:
+    """``train`` with the run's flags over ``train_shards`` (batches of ``--batch-size``, the last partial one dropped;
+    ``loader_options`` go to ``make_loader``), checkpoints in the run's folder, metrics to its wandb run."""
+    make_batches = loader_batches(train_shards, batch_size=args.batch_size, seed=args.seed,
+                                  num_workers=args.num_workers, drop_last=True, **loader_options)
+    return train(model, config=train_config(args), make_batches=make_batches, loss_fn=loss_fn, evaluate=evaluate,
+                 out_dir=run.out, tracker=run.tracker, device=run.context.device, run_config=run.config)
+
+
 def classifier(adapter: torch.nn.Module, args: argparse.Namespace, *, num_classes: int, widening_factor: int = 1,
                init_scale: float = 0.02) -> PerceiverIO:
     """A Perceiver IO classifier behind ``adapter``: the encoder from the model size flags, one class query."""
     channels = args.num_latent_channels
     return PerceiverIO(
         input_adapter=adapter,
-        encoder=PerceiverEncoder(num_input_channels=adapter.num_channels, **encoder_kwargs(args),
-                                 cross_attention_widening_factor=widening_factor,
-                                 self_attention_widening_factor=widening_factor, init_scale=init_scale),
+        encoder=build_encoder(args, adapter.num_channels, widening_factor=widening_factor, init_scale=init_scale),
         decoder=PerceiverDecoder(
             query_provider=ClassificationQuery(num_channels=channels),
             output_adapter=ClassificationOutput(num_channels=channels, num_classes=num_classes),

@@ -34,8 +34,8 @@ from torch import Tensor, nn
 if __package__ in (None, ""):  # run as a file: python experiments/contrastive.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (build_parser, check_args, classifier, loader_batches, per_rank_seed, run_summary,
-                                start_run, train_config)
+from experiments.common import (build_parser, check_args, classifier, per_rank_seed, run_summary, start_run,
+                                train_on_shards)
 from experiments.datasets import ensure_shards
 from experiments.spoken_digits import augment as augment_audio
 from experiments.spoken_digits import crop
@@ -43,7 +43,6 @@ from perceiver import PerceiverIO
 from perceiver.adapters import ByteAdapter, PatchAdapter, SpectrogramAdapter
 from perceiver.contrastive import ContrastiveModel, class_prototypes, prototype_accuracy, retrieval_recall
 from perceiver.data import make_loader
-from perceiver.training import train
 
 NAME = "contrastive"
 SAMPLE_RATE = 16000
@@ -338,10 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                                 rows=first, columns=second)
         return metrics
 
-    make_batches = loader_batches(shards["train"], batch_size=args.batch_size, seed=args.seed,
-                                  num_workers=args.num_workers, drop_last=True, max_text_bytes=args.max_caption_bytes)
-    result = train(model, config=train_config(args), make_batches=make_batches, loss_fn=loss_fn, evaluate=evaluate,
-                   out_dir=run.out, tracker=run.tracker, device=device, run_config=run.config)
+    result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate,
+                             max_text_bytes=args.max_caption_bytes)
     if run.context.is_main:
         for modality, embedder in model.embedders.items():
             embedder.save_pretrained(run.out / "model" / modality)

@@ -1,7 +1,6 @@
 """The shards an experiment reads: found under ``--data``, or built there first from the shipped source."""
 
 from __future__ import annotations
-
 from pathlib import Path
 
 import torch.distributed as dist

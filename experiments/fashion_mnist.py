@@ -19,13 +19,12 @@ from torch import nn
 if __package__ in (None, ""):  # run as a file: python experiments/fashion_mnist.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (build_parser, check_args, classifier, confusion_metrics, loader_batches,
-                                per_rank_seed, run_summary, start_run, train_config)
+from experiments.common import (build_parser, check_args, classifier, confusion_metrics, per_rank_seed, run_summary,
+                                start_run, train_on_shards)
 from experiments.datasets import ensure_shards
 from perceiver import PerceiverIO
 from perceiver.adapters import PatchAdapter
 from perceiver.data import make_loader
-from perceiver.training import train
 from perceiver.training.distributed import all_reduce_sum
 from perceiver.training.plots import confusion_matrix
 
@@ -102,10 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
             counts += confusion_matrix(logits.argmax(dim=1), batch["label"].to(device), num_classes=len(CLASSES))
         return confusion_metrics(all_reduce_sum(counts), list(CLASSES), figure=run.tracker.active)
 
-    make_batches = loader_batches(shards["train"], batch_size=args.batch_size, seed=args.seed,
-                                  num_workers=args.num_workers, drop_last=True)
-    result = train(model, config=train_config(args), make_batches=make_batches, loss_fn=loss_fn, evaluate=evaluate,
-                   out_dir=run.out, tracker=run.tracker, device=device, run_config=run.config)
+    result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)
     if run.context.is_main:
         model.save_pretrained(run.out / "model")
     return run.finish({

@@ -28,12 +28,11 @@ if __package__ in (None, ""):  # run as a file: python experiments/resampler_dig
 
 from experiments import av_digits
 from experiments.av_digits import CLASSES, crop_audio
-from experiments.common import (build_parser, check_args, confusion_metrics, loader_batches, per_rank_seed,
-                                run_summary, start_run, train_config)
+from experiments.common import (build_parser, check_args, confusion_metrics, per_rank_seed, run_summary, start_run,
+                                train_on_shards)
 from experiments.datasets import ensure_shards
 from perceiver.data import make_loader
 from perceiver.resampler import PerceiverResampler
-from perceiver.training import train
 from perceiver.training.distributed import all_reduce_sum
 from perceiver.training.plots import confusion_matrix
 
@@ -56,7 +55,7 @@ class FrameFeatures:
 
 
 class TokenClassifier(nn.Module):
-    """Features (B, F, C) with pad mask → a fixed set of tokens (B, K, W) → Transformer → class logits (B, classes)."""
+    """Features (B, F, C) and their pad mask → fixed tokens (B, K, W) → Transformer → logits (B, classes)."""
 
     def __init__(self, *, summary: str, num_input_channels: int, num_tokens: int, token_channels: int,
                  num_resampler_layers: int, num_classifier_layers: int, num_heads: int, num_classes: int):
@@ -126,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')}: expected a positive int, got {getattr(args, flag)}")
     if args.token_channels % args.num_heads:
-        parser.error(f"--token-channels: expected a multiple of --num-heads={args.num_heads}, got {args.token_channels}")
+        parser.error(f"--token-channels: expected a multiple of --num-heads={args.num_heads}, "
+                     f"got {args.token_channels}")
 
     run = start_run(args, name=NAME)
     shards = ensure_shards(av_digits.DATASET, args.data, ("train", "test"), limit=args.limit, seed=args.seed)
@@ -157,10 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {**confusion_metrics(all_reduce_sum(counts), list(CLASSES), figure=run.tracker.active),
                 "padding_max_abs_logit_gap": gap, "min_frames": min(frames), "max_frames": max(frames)}
 
-    make_batches = loader_batches(shards["train"], batch_size=args.batch_size, seed=args.seed,
-                                  num_workers=args.num_workers, drop_last=True)
-    result = train(model, config=train_config(args), make_batches=make_batches, loss_fn=loss_fn, evaluate=evaluate,
-                   out_dir=run.out, tracker=run.tracker, device=device, run_config=run.config)
+    result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)
     if run.context.is_main:
         torch.save(model.state_dict(), run.out / "model.pt")
     final = result.eval_metrics

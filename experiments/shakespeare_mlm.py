@@ -26,13 +26,12 @@ from torch import nn
 if __package__ in (None, ""):  # run as a file: python experiments/shakespeare_mlm.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (build_parser, check_args, encoder_kwargs, loader_batches, per_rank_seed, run_summary,
-                                start_run, train_config)
+from experiments.common import (build_encoder, build_parser, check_args, per_rank_seed, run_summary, start_run,
+                                train_on_shards)
 from experiments.datasets import ensure_shards
-from perceiver import PerceiverDecoder, PerceiverEncoder, PerceiverIO
+from perceiver import PerceiverDecoder, PerceiverIO
 from perceiver.adapters import MASK_ID, PAD_ID, ByteAdapter, TokenOutput, TokenQueries
 from perceiver.data import make_loader
-from perceiver.training import train
 from perceiver.training.distributed import all_reduce_sum
 
 NAME = "shakespeare_mlm"
@@ -46,9 +45,7 @@ def build_model(args) -> PerceiverIO:
     channels = args.num_latent_channels
     return PerceiverIO(
         input_adapter=adapter,
-        encoder=PerceiverEncoder(num_input_channels=adapter.num_channels, **encoder_kwargs(args),
-                                 cross_attention_widening_factor=args.widening_factor,
-                                 self_attention_widening_factor=args.widening_factor, init_scale=args.init_scale),
+        encoder=build_encoder(args, adapter.num_channels, widening_factor=args.widening_factor, init_scale=args.init_scale),
         decoder=PerceiverDecoder(
             query_provider=TokenQueries(max_length=args.window, num_channels=args.embed_channels,
                                         positions=args.positions, num_bands=args.num_bands),
@@ -170,10 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "unigram_masked_accuracy": unigram_hits / chosen, "unigram_bits_per_byte": unigram_bits / chosen,
                 "masked_bytes": int(chosen)}
 
-    make_batches = loader_batches(shards["train"], batch_size=args.batch_size, seed=args.seed,
-                                  num_workers=args.num_workers, drop_last=True)
-    result = train(model, config=train_config(args), make_batches=make_batches, loss_fn=loss_fn, evaluate=evaluate,
-                   out_dir=run.out, tracker=run.tracker, device=device, run_config=run.config)
+    result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)
     if run.context.is_main:
         model.save_pretrained(run.out / "model")
     metrics = result.eval_metrics

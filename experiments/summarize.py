@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 from pathlib import Path
-
 from experiments.common import METRICS_FILE
 
 
