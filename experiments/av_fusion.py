@@ -75,12 +75,12 @@ def build_model(args) -> nn.Module:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
-        max_steps=1500, batch_size=64, lr=2e-3, weight_decay=0.05, num_latents=16, num_latent_channels=64,
+        max_steps=2500, batch_size=64, lr=2e-3, weight_decay=0.05, num_latents=16, num_latent_channels=64,
         num_cross_attention_heads=2, num_self_attention_heads=4, num_self_attention_layers=2, eval_every=500,
         checkpoint_every=500))
     parser.add_argument("--variant", choices=VARIANTS, required=True, help="the model to train (see above)")
     parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/av-digits")
-    parser.add_argument("--modality-dropout", type=float, default=0.3,
+    parser.add_argument("--modality-dropout", type=float, default=0.5,
                         help="fusion variants: probability that a sample loses each modality in training")
     parser.add_argument("--num-fusion-layers", type=int, default=2, help="hybrid: shared self-attention layers")
     parser.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
