@@ -9,6 +9,7 @@ from perceiver.adapters import (
     ByteAdapter,
     ClassificationOutput,
     ClassificationQuery,
+    LabelAdapter,
     MultimodalAdapter,
     PatchAdapter,
     ReconstructionOutput,
@@ -249,6 +250,8 @@ def run_module(module, seed=0):
             return module(x, pad_mask)[0]
     if name in ("ClassificationQuery", "TokenQueries", "ReconstructionQueries"):
         return module(torch.randn(2, 5, 7, generator=generator))[0]
+    if name == "LabelAdapter":
+        return module(torch.randint(0, module.num_classes, (4,), generator=generator))[0]
     return module(torch.randn(2, 1, module.num_channels, generator=generator))
 
 
@@ -269,6 +272,7 @@ def round_trip_cases():
         tied,
         ReconstructionQueries(output_shapes={"a": [3, 2], "b": [4]}, num_bands=2, num_channels=E),
         ReconstructionOutput(num_channels=E, num_values=6),
+        LabelAdapter(num_classes=4, num_channels=E),
     ]
 
 
