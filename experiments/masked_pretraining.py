@@ -29,10 +29,11 @@ if __package__ in (None, ""):  # run as a file: python experiments/masked_pretra
 from experiments.common import (build_encoder, build_parser, check_args, per_rank_seed, run_summary, seed_everything,
                                 start_run, train_on_shards)
 from experiments.datasets import ensure_shards
-from experiments.fashion_mnist import CLASSES, DATASET, augment, normalize
+from experiments.fashion_mnist import (CLASSES, DATASET, add_model_args, augment, check_model_args, normalize,
+                                       patch_adapter)
 from perceiver import PerceiverDecoder, PerceiverIO
-from perceiver.adapters import (PatchAdapter, ReconstructionOutput, ReconstructionQueries, gather_output_points,
-                                normalize_patches, sample_output_index)
+from perceiver.adapters import (ReconstructionOutput, ReconstructionQueries, gather_output_points, normalize_patches,
+                                sample_output_index)
 from perceiver.data import make_loader
 from perceiver.masks import pad_mask_from_index
 from perceiver.probe import fit_linear_probe
@@ -40,14 +41,12 @@ from perceiver.training.distributed import all_reduce_sum
 from perceiver.training.plots import image_grid_figure
 
 NAME = "masked_pretraining"
-IMAGE_SIZE = (28, 28)
 FIGURE_FILE = "reconstructions.png"
 
 
 def build_model(args) -> PerceiverIO:
     """Patch adapter → encoder → reconstruction queries over the patch grid → pixels of a patch."""
-    adapter = PatchAdapter(in_channels=1, max_size=IMAGE_SIZE, patch_size=args.patch_size,
-                           embed_channels=args.embed_channels, num_bands=args.num_bands)
+    adapter = patch_adapter(args)
     channels = args.num_latent_channels
     return PerceiverIO(
         input_adapter=adapter,
@@ -149,13 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/fashion-mnist")
     # MAE hides 75%; at 800 steps on Fashion-MNIST half made the better probe (80.0% against 79.0%, docs/multimodal.md).
     parser.add_argument("--mask-ratio", type=float, default=0.5, help="fraction of patches hidden from the encoder")
-    parser.add_argument("--patch-size", type=int, default=4, help="side of the square patches (divides 28)")
-    parser.add_argument("--embed-channels", type=int, default=128, help="width of the linear patch embedding")
-    parser.add_argument("--num-bands", type=int, default=8, help="Fourier frequency bands per image axis")
-    parser.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
-    # At the package's 0.02 a small model starts with uniform attention and learns slowly (see fashion_mnist).
-    parser.add_argument("--init-scale", type=float, default=0.2, help="std of the encoder's and decoder's initial weights")
-    parser.add_argument("--max-shift", type=int, default=2, help="augmentation: largest random shift in pixels")
+    add_model_args(parser)
     parser.add_argument("--probe-train-samples", type=int, default=10000, help="training images the probe is fitted on")
     parser.add_argument("--probe-weight-decay", type=float, default=1e-3, help="L2 penalty of the linear probe")
     parser.add_argument("--probe-iterations", type=int, default=500, help="L-BFGS iterations of the linear probe")
@@ -164,8 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-workers", type=int, default=1, help="data loader workers per process")
     args = parser.parse_args(argv)
     check_args(parser, args)
-    if 28 % args.patch_size:
-        parser.error(f"--patch-size: expected a divisor of 28, got {args.patch_size}")
+    check_model_args(parser, args)
     if not 0.0 < args.mask_ratio < 1.0:
         parser.error(f"--mask-ratio: expected a fraction in (0, 1), e.g. 0.5 to 0.75, got {args.mask_ratio}")
     if args.probe_train_samples < 1:
