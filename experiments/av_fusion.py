@@ -33,8 +33,8 @@ if __package__ in (None, ""):  # run as a file: python experiments/av_fusion.py
 
 from experiments import av_digits
 from experiments.av_digits import CLASSES, MODALITIES, Degradation, model_inputs
-from experiments.common import (build_encoder, build_parser, check_args, classifier, confusion_metrics, per_rank_seed,
-                                run_summary, start_run, train_on_shards)
+from experiments.common import (add_data_args, build_encoder, build_parser, check_args, classifier, confusion_metrics,
+                                per_rank_seed, run_summary, start_run, train_on_shards)
 from experiments.datasets import ensure_shards
 from perceiver.adapters import MultimodalAdapter
 from perceiver.data import make_loader
@@ -79,14 +79,12 @@ def main(argv: list[str] | None = None) -> dict:
         num_cross_attention_heads=2, num_self_attention_heads=4, num_self_attention_layers=2, eval_every=500,
         checkpoint_every=500))
     parser.add_argument("--variant", choices=VARIANTS, required=True, help="the model to train (see above)")
-    parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/av-digits")
+    add_data_args(parser, "av-digits")
     parser.add_argument("--modality-dropout", type=float, default=0.5,
                         help="fusion variants: probability that a sample loses each modality in training")
     parser.add_argument("--num-fusion-layers", type=int, default=2, help="hybrid: shared self-attention layers")
     parser.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
     parser.add_argument("--init-scale", type=float, default=0.2, help="std of the initial weights")
-    parser.add_argument("--limit", type=int, default=None, help="build at most this many samples per split")
-    parser.add_argument("--num-workers", type=int, default=1, help="data loader workers per process")
     av_digits.add_adapter_args(parser)
     av_digits.add_degradation_args(parser, image_noise=0.35, occlusion=12, audio_snr_db=-10.0)
     args = parser.parse_args(argv)

@@ -34,8 +34,8 @@ if __package__ in (None, ""):  # run as a file: python experiments/av_recovery.p
 
 from experiments import av_digits
 from experiments.av_digits import CLASSES, IMAGE_MEAN, IMAGE_SIZE, IMAGE_STD, crop_audio
-from experiments.common import (build_encoder, build_parser, check_args, classifier, loader_batches, per_rank_seed,
-                                run_summary, start_run, train_on_shards)
+from experiments.common import (add_data_args, build_encoder, build_parser, check_args, classifier, loader_batches,
+                                per_rank_seed, run_summary, start_run, train_on_shards)
 from experiments.datasets import ensure_shards
 from perceiver import PerceiverDecoder, PerceiverIO
 from perceiver.adapters import (LabelAdapter, MultimodalAdapter, ReconstructionOutput, ReconstructionQueries,
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         max_steps=2000, batch_size=64, lr=2e-3, weight_decay=0.05, num_latents=32, num_latent_channels=96,
         num_cross_attention_heads=2, num_self_attention_heads=4, num_self_attention_layers=3, eval_every=1000,
         checkpoint_every=500))
-    parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/av-digits")
+    add_data_args(parser, "av-digits")
     parser.add_argument("--modality-dropout", type=float, default=0.5,
                         help="probability that a training sample loses each modality (never all)")
     parser.add_argument("--image-points", type=int, default=256, help="pixels decoded per image in training")
@@ -200,8 +200,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--image-classifier", type=Path, default=None,
                         help="a saved image classifier (save_pretrained folder) to use instead of training one")
     parser.add_argument("--grid-size", type=int, default=10, help="test samples in the picture grid")
-    parser.add_argument("--limit", type=int, default=None, help="build at most this many samples per split")
-    parser.add_argument("--num-workers", type=int, default=1, help="data loader workers per process")
     av_digits.add_adapter_args(parser)
     args = parser.parse_args(argv)
     check_args(parser, args)

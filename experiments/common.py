@@ -96,6 +96,14 @@ def build_parser(description: str, *, name: str, defaults: dict[str, Any] | None
     return parser
 
 
+def add_data_args(parser: argparse.ArgumentParser, dataset: str) -> None:
+    """The flags of an experiment that reads shards: where they live, the size of an on-demand build, loader workers."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", type=Path, default=Path("data"), help=f"shards live in DATA/{dataset}")
+    data.add_argument("--limit", type=int, default=None, help="build at most this many samples per split")
+    data.add_argument("--num-workers", type=int, default=1, help="data loader workers per process")
+
+
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Reject values no run can use, naming the flag; fill in defaults that depend on other flags."""
     for flag in ("max_steps", "batch_size", "num_latents", "num_latent_channels"):

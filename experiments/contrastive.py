@@ -34,8 +34,8 @@ from torch import Tensor, nn
 if __package__ in (None, ""):  # run as a file: python experiments/contrastive.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (build_parser, check_args, classifier, per_rank_seed, run_summary, start_run,
-                                train_on_shards)
+from experiments.common import (add_data_args, build_parser, check_args, classifier, per_rank_seed, run_summary,
+                                start_run, train_on_shards)
 from experiments.datasets import ensure_shards
 from experiments.spoken_digits import augment as augment_audio
 from experiments.spoken_digits import crop
@@ -261,7 +261,7 @@ def parse_args(argv: list[str] | None = None) -> tuple:
         max_steps=800, batch_size=128, lr=2e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
         num_self_attention_heads=4, num_self_attention_layers=2, eval_every=0, checkpoint_every=200))
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="av-digits")
-    parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/<dataset>")
+    add_data_args(parser, "<dataset>")
     parser.add_argument("--embed-dim", type=int, default=64, help="width of the joint embedding")
     parser.add_argument("--temperature", type=float, default=0.07, help="initial softmax temperature (learned)")
     # At the package's 0.02 these small embedders start with uniform attention and the same output for every input,
@@ -282,8 +282,6 @@ def parse_args(argv: list[str] | None = None) -> tuple:
                         help="augmentation: range of the added noise's signal-to-noise ratio in dB")
     parser.add_argument("--no-noise", action="store_true", help="augmentation: add no noise to the audio")
     parser.add_argument("--max-caption-bytes", type=int, default=80, help="captions: longer names are cut (bytes)")
-    parser.add_argument("--limit", type=int, default=None, help="build at most this many samples per split")
-    parser.add_argument("--num-workers", type=int, default=1, help="data loader workers per process")
     args = parser.parse_args(argv)
     check_args(parser, args)
     dataset = DATASETS[args.dataset]

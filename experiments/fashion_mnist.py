@@ -19,8 +19,8 @@ from torch import nn
 if __package__ in (None, ""):  # run as a file: python experiments/fashion_mnist.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (build_parser, check_args, classifier, confusion_metrics, per_rank_seed, run_summary,
-                                start_run, train_on_shards)
+from experiments.common import (add_data_args, build_parser, check_args, classifier, confusion_metrics, per_rank_seed,
+                                run_summary, start_run, train_on_shards)
 from experiments.datasets import ensure_shards
 from perceiver import PerceiverIO
 from perceiver.adapters import PatchAdapter
@@ -82,11 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
         max_steps=4000, batch_size=128, lr=1e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
         num_cross_attention_heads=4, num_self_attention_heads=4, num_self_attention_layers=4, eval_every=1000,
         checkpoint_every=500))
-    parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/fashion-mnist")
+    add_data_args(parser, "fashion-mnist")
     add_model_args(parser)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
-    parser.add_argument("--limit", type=int, default=None, help="build at most this many samples per split")
-    parser.add_argument("--num-workers", type=int, default=1, help="data loader workers per process")
     args = parser.parse_args(argv)
     check_args(parser, args)
     check_model_args(parser, args)

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 if __package__ in (None, ""):  # run as a file: python experiments/masked_pretraining.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (build_encoder, build_parser, check_args, per_rank_seed, run_summary, seed_everything,
-                                start_run, train_on_shards)
+from experiments.common import (add_data_args, build_encoder, build_parser, check_args, per_rank_seed, run_summary,
+                                seed_everything, start_run, train_on_shards)
 from experiments.datasets import ensure_shards
 from experiments.fashion_mnist import (CLASSES, DATASET, add_model_args, augment, check_model_args, normalize,
                                        patch_adapter)
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         max_steps=800, batch_size=128, lr=1e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
         num_cross_attention_heads=4, num_self_attention_heads=4, num_self_attention_layers=4, eval_every=400,
         checkpoint_every=200))
-    parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/fashion-mnist")
+    add_data_args(parser, "fashion-mnist")
     # MAE hides 75%; at 800 steps on Fashion-MNIST half made the better probe (80.0% against 79.0%, docs/multimodal.md).
     parser.add_argument("--mask-ratio", type=float, default=0.5, help="fraction of patches hidden from the encoder")
     add_model_args(parser)
@@ -153,8 +153,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--probe-weight-decay", type=float, default=1e-3, help="L2 penalty of the linear probe")
     parser.add_argument("--probe-iterations", type=int, default=500, help="L-BFGS iterations of the linear probe")
     parser.add_argument("--figure-images", type=int, default=8, help="test images in the reconstruction figure")
-    parser.add_argument("--limit", type=int, default=None, help="build at most this many samples per split")
-    parser.add_argument("--num-workers", type=int, default=1, help="data loader workers per process")
     args = parser.parse_args(argv)
     check_args(parser, args)
     check_model_args(parser, args)

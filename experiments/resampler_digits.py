@@ -28,8 +28,8 @@ if __package__ in (None, ""):  # run as a file: python experiments/resampler_dig
 
 from experiments import av_digits
 from experiments.av_digits import CLASSES, crop_audio
-from experiments.common import (build_parser, check_args, confusion_metrics, per_rank_seed, run_summary, start_run,
-                                train_on_shards)
+from experiments.common import (add_data_args, build_parser, check_args, confusion_metrics, per_rank_seed, run_summary,
+                                start_run, train_on_shards)
 from experiments.datasets import ensure_shards
 from perceiver.data import make_loader
 from perceiver.resampler import PerceiverResampler
@@ -107,7 +107,7 @@ def padding_gap(model: TokenClassifier, front: FrameFeatures, batch: dict, devic
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
         max_steps=1200, batch_size=64, lr=2e-3, weight_decay=0.05, eval_every=400, checkpoint_every=400))
-    parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/av-digits")
+    add_data_args(parser, "av-digits")
     parser.add_argument("--summary", choices=SUMMARIES, default="resampler",
                         help="how the variable-length features become fixed tokens")
     parser.add_argument("--num-tokens", type=int, default=8, help="resampler: output tokens")
@@ -115,8 +115,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-resampler-layers", type=int, default=2)
     parser.add_argument("--num-classifier-layers", type=int, default=2, help="layers of the downstream Transformer")
     parser.add_argument("--num-heads", type=int, default=4)
-    parser.add_argument("--limit", type=int, default=None, help="build at most this many samples per split")
-    parser.add_argument("--num-workers", type=int, default=1, help="data loader workers per process")
     av_digits.add_adapter_args(parser)
     args = parser.parse_args(argv)
     check_args(parser, args)

@@ -26,8 +26,8 @@ from torch import nn
 if __package__ in (None, ""):  # run as a file: python experiments/shakespeare_mlm.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (build_encoder, build_parser, check_args, per_rank_seed, run_summary, start_run,
-                                train_on_shards)
+from experiments.common import (add_data_args, build_encoder, build_parser, check_args, per_rank_seed, run_summary,
+                                start_run, train_on_shards)
 from experiments.datasets import ensure_shards
 from perceiver import PerceiverDecoder, PerceiverIO
 from perceiver.adapters import MASK_ID, PAD_ID, ByteAdapter, TokenOutput, TokenQueries
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
         max_steps=800, batch_size=64, lr=2e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
         num_self_attention_heads=4, num_self_attention_layers=4, eval_every=0, checkpoint_every=500))
-    parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/shakespeare")
+    add_data_args(parser, "shakespeare")
     parser.add_argument("--window", type=int, default=128, help="bytes per training and evaluation window")
     parser.add_argument("--positions", choices=("learned", "fourier"), default="learned",
                         help="byte and query positions: learned vectors, or Fourier features of the position")
@@ -114,8 +114,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--mask-rate", type=float, default=0.15, help="fraction of real bytes chosen for the loss")
     parser.add_argument("--embed-channels", type=int, default=128, help="width of the byte embedding and queries")
     parser.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
-    parser.add_argument("--limit", type=int, default=None, help="build at most this many samples per split")
-    parser.add_argument("--num-workers", type=int, default=1, help="data loader workers per process")
     args = parser.parse_args(argv)
     check_args(parser, args)
     if args.window < 1:

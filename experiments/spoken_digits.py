@@ -25,8 +25,8 @@ from torch import nn
 if __package__ in (None, ""):  # run as a file: python experiments/spoken_digits.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.common import (build_parser, check_args, classifier, confusion_metrics, per_rank_seed, run_summary,
-                                start_run, train_on_shards)
+from experiments.common import (add_data_args, build_parser, check_args, classifier, confusion_metrics, per_rank_seed,
+                                run_summary, start_run, train_on_shards)
 from experiments.datasets import ensure_shards
 from perceiver import PerceiverIO
 from perceiver.adapters import SpectrogramAdapter
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
         max_steps=1600, batch_size=64, lr=2e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
         num_self_attention_heads=4, num_self_attention_layers=4, eval_every=800, checkpoint_every=400))
-    parser.add_argument("--data", type=Path, default=Path("data"), help="shards live in DATA/spoken-digits")
+    add_data_args(parser, "spoken-digits")
     parser.add_argument("--input", choices=INPUTS, default="time-frames",
                         help="input adapter: time × frequency patches, or one token per group of full-band frames")
     parser.add_argument("--n-mels", type=int, default=32, help="mel bins")
@@ -127,8 +127,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--speed", type=float, nargs=2, default=(0.85, 1.15), metavar=("LOW", "HIGH"),
                         help="augmentation: range of the playback speed factor (1 1 = off)")
     parser.add_argument("--label-smoothing", type=float, default=0.1)
-    parser.add_argument("--limit", type=int, default=None, help="build at most this many samples per split")
-    parser.add_argument("--num-workers", type=int, default=1, help="data loader workers per process")
     args = parser.parse_args(argv)
     check_args(parser, args)
     if args.input == "patches" and args.n_mels % args.patch_mels:
