@@ -190,3 +190,16 @@ def build_position_encoding(
     if kind == "learned":
         return LearnedPositionEncoding(max_shape=max_shape, num_channels=num_channels)
     raise ValueError(f"positions: expected one of {POSITION_KINDS}, got {kind!r}")
+
+
+def with_positions(tokens: Tensor, encoding: PositionEncoding, grid: Sequence[int]) -> Tensor:
+    """Tokens (B, M, C) of the top-left ``grid`` cells (row-major, M = prod(grid)) with their positions.
+
+    Fourier features are concatenated (``C + encoding.num_channels`` channels), computed in float64 for float64 tokens
+    (phases reach pi · max_resolution / 2) and in float32 otherwise; learned positions are added.
+    """
+    if isinstance(encoding, FourierPositionEncoding):
+        precision = torch.float64 if tokens.dtype == torch.float64 else torch.float32
+        positions = encoding.grid(grid, device=tokens.device, dtype=precision).to(tokens.dtype)
+        return torch.cat([tokens, positions.expand(tokens.shape[0], -1, -1)], dim=-1)
+    return tokens + encoding.grid(grid, device=tokens.device).to(tokens.dtype)

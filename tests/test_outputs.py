@@ -9,12 +9,14 @@ from perceiver.adapters import (
     ByteAdapter,
     ClassificationOutput,
     ClassificationQuery,
+    ConvAdapter,
     LabelAdapter,
     MultimodalAdapter,
     PatchAdapter,
     ReconstructionOutput,
     ReconstructionQueries,
     SpectrogramAdapter,
+    SpectrogramConvAdapter,
     TokenOutput,
     TokenQueries,
     gather_output_points,
@@ -79,8 +81,24 @@ def multimodal_input():
     return adapter, {"text": ids, "image": pixels, "image_present": torch.tensor([True, False])}, None
 
 
+def conv_image_input():
+    adapter = ConvAdapter(in_channels=3, max_size=(16, 16), channels=(4, 8), strides=(2, 2), num_bands=3)
+    pad_mask = torch.zeros(2, 16, 8, dtype=torch.bool)
+    pad_mask[1, 8:] = True
+    return adapter, torch.randn(2, 3, 16, 8), pad_mask
+
+
+def conv_audio_input():
+    adapter = SpectrogramConvAdapter(sample_rate=8000, n_fft=64, hop_length=32, n_mels=8, max_duration=0.5,
+                                     conv="time-mel", channels=(4, 6), strides=(1, 2), num_bands=2)
+    pad_mask = torch.arange(3000)[None, :] >= torch.tensor([[3000], [1500]])
+    return adapter, torch.randn(2, 3000), pad_mask
+
+
 INPUTS = {
     "bytes": byte_input,
+    "conv_image": conv_image_input,
+    "conv_audio": conv_audio_input,
     "image": image_input,
     "signal": signal_input,
     "audio": audio_input,
@@ -264,6 +282,8 @@ def round_trip_cases():
         image_input()[0],
         signal_input()[0],
         audio_input()[0],
+        conv_image_input()[0],
+        conv_audio_input()[0],
         multimodal_input()[0],
         ClassificationQuery(num_channels=E),
         ClassificationOutput(num_channels=E, num_classes=3),

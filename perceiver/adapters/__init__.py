@@ -3,8 +3,9 @@
 Each keeps its constructor arguments in ``module.config``, from which ``perceiver.config.build_module`` rebuilds it.
 """
 
-from perceiver.adapters.audio import SpectrogramAdapter, mel_filterbank
+from perceiver.adapters.audio import LogMelSpectrogram, SpectrogramAdapter, SpectrogramConvAdapter, mel_filterbank
 from perceiver.adapters.base import InputAdapter, OutputAdapter, QueryProvider
+from perceiver.adapters.conv import ConvAdapter, ConvStem
 from perceiver.adapters.classification import ClassificationOutput, ClassificationQuery, LabelAdapter
 from perceiver.adapters.multimodal import MultimodalAdapter
 from perceiver.adapters.patches import PatchAdapter
@@ -26,9 +27,12 @@ __all__ = [
     "VOCAB_SIZE",
     "ByteAdapter",
     "ClassificationOutput",
+    "ConvAdapter",
+    "ConvStem",
     "ClassificationQuery",
     "InputAdapter",
     "LabelAdapter",
+    "LogMelSpectrogram",
     "MultimodalAdapter",
     "OutputAdapter",
     "PatchAdapter",
@@ -36,6 +40,7 @@ __all__ = [
     "ReconstructionOutput",
     "ReconstructionQueries",
     "SpectrogramAdapter",
+    "SpectrogramConvAdapter",
     "TokenOutput",
     "TokenQueries",
     "gather_output_points",

@@ -10,9 +10,10 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from perceiver.adapters.base import InputAdapter
+from perceiver.adapters.conv import ConvStem
 from perceiver.adapters.checks import check_tensor
 from perceiver.masks import pad_mask_from_lengths
-from perceiver.positions import as_shape, build_position_encoding
+from perceiver.positions import as_shape, build_position_encoding, with_positions
 
 MEL_SCALES = ("htk", "slaney")
 
@@ -53,6 +54,97 @@ def mel_filterbank(
     rising = -offsets[:, :-2] / widths[:-1]
     falling = offsets[:, 2:] / widths[1:]
     return torch.clamp(torch.minimum(rising, falling), min=0.0)
+
+
+class LogMelSpectrogram(nn.Module):
+    """Waveforms (B, T) at ``sample_rate`` → log-mel spectrogram (B, F, n_mels) and its frame pad mask (B, F).
+
+    ``torch.stft`` with a periodic Hann window of ``n_fft`` samples, ``center=False`` (frame ``t`` covers samples
+    ``[t * hop_length, t * hop_length + n_fft)``, so a frame never sees padding nor a reflection of it), power
+    spectrum, mel filterbank (``mel_scale`` ``"htk"`` or ``"slaney"``, filters peaking at 1), then
+    ``log(mel + log_floor)``. With ``normalize`` each sample is standardised by the mean and standard deviation of its
+    own real frames. Frames that reach past a sample's real length are set to 0 and marked as padding, so a sample's
+    real frames are the same alone or padded in a batch.
+
+    ``pad_mask`` is per waveform sample (B, T), True = padding, and must be trailing (real samples first). No trainable
+    weights: the spectrogram front end of the spectrogram adapters.
+    """
+
+    def __init__(self, *, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, f_min: float = 0.0,
+                 f_max: float | None = None, mel_scale: str = "htk", max_duration: float = 10.0,
+                 normalize: bool = True, log_floor: float = 1e-6):
+        super().__init__()
+        max_samples = round(max_duration * sample_rate)
+        if max_samples < n_fft:
+            raise ValueError(f"max_duration: expected at least one frame ({n_fft} samples), got {max_samples} samples")
+        self.n_fft, self.hop_length, self.n_mels = n_fft, hop_length, n_mels
+        self.normalize = normalize
+        self.log_floor = log_floor
+        self.max_samples = max_samples
+        fbank = mel_filterbank(
+            sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, f_min=f_min, f_max=f_max, mel_scale=mel_scale
+        )
+        # Kept in float64 and cast where used, so that a float64 forward is exact and a float32 one rounds once.
+        self.register_buffer("filterbank", fbank, persistent=False)
+        self.register_buffer("window", torch.hann_window(n_fft, dtype=torch.float64), persistent=False)
+        self.max_frames = self.num_frames(max_samples)
+
+    def num_frames(self, num_samples):
+        """Frames that lie wholly within ``num_samples`` samples (an int or a tensor of them)."""
+        if isinstance(num_samples, Tensor):
+            return torch.where(num_samples >= self.n_fft, (num_samples - self.n_fft) // self.hop_length + 1, 0)
+        return (num_samples - self.n_fft) // self.hop_length + 1 if num_samples >= self.n_fft else 0
+
+    def check_input(self, x: Tensor, pad_mask: Tensor | None) -> Tensor:
+        """Validate the waveforms and their mask; return each sample's real length (B,)."""
+        check_tensor(x, "x", kind="float", rank=2, layout="(B, T) of waveform samples")
+        batch_size, length = x.shape
+        if length < self.n_fft:
+            raise ValueError(f"x: expected at least one frame (T >= n_fft = {self.n_fft} samples), got T={length}")
+        if length > self.max_samples:
+            raise ValueError(f"x: expected at most max_duration's {self.max_samples} samples, got T={length}")
+        if pad_mask is None:
+            return torch.full((batch_size,), length, device=x.device)
+        if not isinstance(pad_mask, Tensor) or pad_mask.dtype != torch.bool:
+            got = pad_mask.dtype if isinstance(pad_mask, Tensor) else type(pad_mask).__name__
+            raise TypeError(f"pad_mask: expected a torch.bool tensor (B, T), True = padded sample, got {got}")
+        if tuple(pad_mask.shape) != (batch_size, length):
+            raise ValueError(f"pad_mask: expected shape ({batch_size}, {length}) like x, got {tuple(pad_mask.shape)}")
+        lengths = length - pad_mask.sum(dim=1)
+        if not torch.equal(pad_mask, pad_mask_from_lengths(lengths, length)):
+            raise ValueError("pad_mask: expected trailing padding (each row False then True), got padding elsewhere")
+        return lengths
+
+    def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        lengths = self.check_input(x, pad_mask)
+        if pad_mask is not None:  # torch.where, not a product: NaN or inf under the mask must not reach any frame
+            x = torch.where(pad_mask, torch.zeros((), dtype=x.dtype, device=x.device), x)
+        # The power spectrum spans many orders of magnitude: keep it out of autocast's half precision.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._log_mel(x, lengths)
+
+    def _log_mel(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        # torch.stft has no half-precision CPU kernel; the spectrogram is computed in float32 (or float64).
+        signal = x if x.dtype == torch.float64 else x.float()
+        spectrum = torch.stft(
+            signal,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            window=self.window.to(signal.dtype),
+            center=False,
+            return_complex=True,
+        )
+        power = spectrum.real**2 + spectrum.imag**2  # (B, n_freqs, F)
+        mel = torch.einsum("bnf,nm->bfm", power, self.filterbank.to(signal.dtype))
+        log_mel = torch.log(mel + self.log_floor)
+        frame_pad = pad_mask_from_lengths(self.num_frames(lengths), log_mel.shape[1])
+        if self.normalize:
+            real = (~frame_pad)[:, :, None].to(log_mel.dtype)
+            count = real.sum(dim=(1, 2), keepdim=True).clamp(min=1) * self.n_mels
+            mean = (log_mel * real).sum(dim=(1, 2), keepdim=True) / count
+            variance = (((log_mel - mean) * real) ** 2).sum(dim=(1, 2), keepdim=True) / count
+            log_mel = (log_mel - mean) / torch.sqrt(variance + 1e-5)
+        return log_mel.masked_fill(frame_pad[:, :, None], 0.0), frame_pad
 
 
 class SpectrogramAdapter(InputAdapter):
@@ -113,9 +205,6 @@ class SpectrogramAdapter(InputAdapter):
             raise ValueError(f"patch_size: expected (frames, mel bins), got {patch}")
         if n_mels % patch[1]:
             raise ValueError(f"n_mels: expected a multiple of the mel patch size {patch[1]}, got {n_mels}")
-        max_samples = round(max_duration * sample_rate)
-        if max_samples < n_fft:
-            raise ValueError(f"max_duration: expected at least one frame ({n_fft} samples), got {max_samples} samples")
         self.config = dict(
             sample_rate=sample_rate,
             n_fft=n_fft,
@@ -132,19 +221,14 @@ class SpectrogramAdapter(InputAdapter):
             normalize=normalize,
             log_floor=log_floor,
         )
-        self.n_fft, self.hop_length, self.n_mels = n_fft, hop_length, n_mels
-        self.patch_size = patch
-        self.normalize = normalize
-        self.log_floor = log_floor
-        self.max_samples = max_samples
-        fbank = mel_filterbank(
-            sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, f_min=f_min, f_max=f_max, mel_scale=mel_scale
+        self.frontend = LogMelSpectrogram(
+            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
+            mel_scale=mel_scale, max_duration=max_duration, normalize=normalize, log_floor=log_floor,
         )
-        # Kept in float64 and cast where used, so that a float64 forward is exact and a float32 one rounds once.
-        self.register_buffer("filterbank", fbank, persistent=False)
-        self.register_buffer("window", torch.hann_window(n_fft, dtype=torch.float64), persistent=False)
-        max_frames = self.num_frames(max_samples)
-        self.max_grid = (math.ceil(max_frames / patch[0]), n_mels // patch[1])
+        self.n_mels = n_mels
+        self.patch_size = patch
+        self.max_samples = self.frontend.max_samples
+        self.max_grid = (math.ceil(self.frontend.max_frames / patch[0]), n_mels // patch[1])
         self.embedding = nn.Linear(patch[0] * patch[1], embed_channels)
         self.positions = build_position_encoding(
             positions, max_shape=self.max_grid, num_channels=embed_channels, num_bands=num_bands
@@ -154,59 +238,11 @@ class SpectrogramAdapter(InputAdapter):
 
     def num_frames(self, num_samples):
         """Frames that lie wholly within ``num_samples`` samples (an int or a tensor of them)."""
-        if isinstance(num_samples, Tensor):
-            return torch.where(num_samples >= self.n_fft, (num_samples - self.n_fft) // self.hop_length + 1, 0)
-        return (num_samples - self.n_fft) // self.hop_length + 1 if num_samples >= self.n_fft else 0
-
-    def check_input(self, x: Tensor, pad_mask: Tensor | None) -> Tensor:
-        """Validate the waveforms and their mask; return each sample's real length (B,)."""
-        check_tensor(x, "x", kind="float", rank=2, layout="(B, T) of waveform samples")
-        batch_size, length = x.shape
-        if length < self.n_fft:
-            raise ValueError(f"x: expected at least one frame (T >= n_fft = {self.n_fft} samples), got T={length}")
-        if length > self.max_samples:
-            raise ValueError(f"x: expected at most max_duration's {self.max_samples} samples, got T={length}")
-        if pad_mask is None:
-            return torch.full((batch_size,), length, device=x.device)
-        if not isinstance(pad_mask, Tensor) or pad_mask.dtype != torch.bool:
-            got = pad_mask.dtype if isinstance(pad_mask, Tensor) else type(pad_mask).__name__
-            raise TypeError(f"pad_mask: expected a torch.bool tensor (B, T), True = padded sample, got {got}")
-        if tuple(pad_mask.shape) != (batch_size, length):
-            raise ValueError(f"pad_mask: expected shape ({batch_size}, {length}) like x, got {tuple(pad_mask.shape)}")
-        lengths = length - pad_mask.sum(dim=1)
-        if not torch.equal(pad_mask, pad_mask_from_lengths(lengths, length)):
-            raise ValueError("pad_mask: expected trailing padding (each row False then True), got padding elsewhere")
-        return lengths
+        return self.frontend.num_frames(num_samples)
 
     def log_mel(self, x: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Log-mel spectrogram (B, F, n_mels), F = frames of T samples, and its frame pad mask (B, F)."""
-        lengths = self.check_input(x, pad_mask)
-        # The power spectrum spans many orders of magnitude: keep it out of autocast's half precision.
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return self._log_mel(x, lengths)
-
-    def _log_mel(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        # torch.stft has no half-precision CPU kernel; the spectrogram is computed in float32 (or float64).
-        signal = x if x.dtype == torch.float64 else x.float()
-        spectrum = torch.stft(
-            signal,
-            n_fft=self.n_fft,
-            hop_length=self.hop_length,
-            window=self.window.to(signal.dtype),
-            center=False,
-            return_complex=True,
-        )
-        power = spectrum.real**2 + spectrum.imag**2  # (B, n_freqs, F)
-        mel = torch.einsum("bnf,nm->bfm", power, self.filterbank.to(signal.dtype))
-        log_mel = torch.log(mel + self.log_floor)
-        frame_pad = pad_mask_from_lengths(self.num_frames(lengths), log_mel.shape[1])
-        if self.normalize:
-            real = (~frame_pad)[:, :, None].to(log_mel.dtype)
-            count = real.sum(dim=(1, 2), keepdim=True).clamp(min=1) * self.n_mels
-            mean = (log_mel * real).sum(dim=(1, 2), keepdim=True) / count
-            variance = (((log_mel - mean) * real) ** 2).sum(dim=(1, 2), keepdim=True) / count
-            log_mel = (log_mel - mean) / torch.sqrt(variance + 1e-5)
-        return log_mel.masked_fill(frame_pad[:, :, None], 0.0), frame_pad
+        return self.frontend(x, pad_mask)
 
     def patchify(self, x: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Log-mel patches (B, M, frames * mel bins), time-major, and their pad mask (B, M)."""
@@ -223,9 +259,79 @@ class SpectrogramAdapter(InputAdapter):
         patches, token_pad = self.patchify(x, pad_mask)
         tokens = self.embedding(patches.to(self.embedding.weight.dtype))
         grid = (patches.shape[1] // self.max_grid[1], self.max_grid[1])
-        positions = self.positions.grid(grid, device=x.device).to(tokens.dtype)
-        if self.concat_positions:
-            tokens = torch.cat([tokens, positions.expand(x.shape[0], -1, -1)], dim=-1)
+        return with_positions(tokens, self.positions, grid), token_pad
+
+
+SPECTROGRAM_CONVS = ("time", "time-mel")
+
+
+class SpectrogramConvAdapter(InputAdapter):
+    """Waveforms (B, T) → log-mel spectrogram → ``ConvStem`` → tokens (B, M, num_channels) and a pad mask (B, M).
+
+    ``conv="time"``: 1-D convolutions over time with the mel bins as input channels (Whisper's front end); one token
+    per output frame. ``conv="time-mel"``: 2-D 3×3 convolutions over the (time, mel) plane from one input channel;
+    one token per cell of the output grid, time-major. Each stride-s layer keeps ``ceil(size / s)`` cells; a token is
+    padding when all the frames of its stride cell are. The spectrogram is ``LogMelSpectrogram``'s (see there for
+    the STFT, the mel scale and the per-sample standardisation); padded frames are zero before every convolution, so
+    a sample's real tokens are the same alone or padded in a batch, whatever its length.
+
+    Args: the spectrogram's (``sample_rate`` … ``max_duration``, ``normalize``, ``log_floor``, as in
+    ``SpectrogramAdapter``), then ``conv``, the stem's ``channels``, ``strides`` and ``kernel_size``, and the
+    ``positions`` (``"fourier"``, concatenated, or ``"learned"``, added) with ``num_bands`` per dimension.
+    """
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        n_mels: int = 64,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        mel_scale: str = "htk",
+        max_duration: float = 10.0,
+        conv: str = "time",
+        channels: Sequence[int] = (256, 256),
+        strides: Sequence[int] = (1, 2),
+        kernel_size: int = 3,
+        positions: str = "fourier",
+        num_bands: int = 32,
+        normalize: bool = True,
+        log_floor: float = 1e-6,
+    ):
+        super().__init__()
+        if conv not in SPECTROGRAM_CONVS:
+            raise ValueError(f"conv: expected one of {SPECTROGRAM_CONVS}, got {conv!r}")
+        self.config = dict(
+            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
+            mel_scale=mel_scale, max_duration=max_duration, conv=conv, channels=list(channels),
+            strides=list(strides), kernel_size=kernel_size, positions=positions, num_bands=num_bands,
+            normalize=normalize, log_floor=log_floor,
+        )
+        self.frontend = LogMelSpectrogram(
+            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
+            mel_scale=mel_scale, max_duration=max_duration, normalize=normalize, log_floor=log_floor,
+        )
+        self.n_mels = n_mels
+        self.max_samples = self.frontend.max_samples
+        self.time_only = conv == "time"
+        self.stem = ConvStem(num_dims=1 if self.time_only else 2, in_channels=n_mels if self.time_only else 1,
+                             channels=channels, strides=strides, kernel_size=kernel_size)
+        stride = self.stem.total_stride
+        time_cells = math.ceil(self.frontend.max_frames / stride)
+        self.max_grid = (time_cells,) if self.time_only else (time_cells, math.ceil(n_mels / stride))
+        self.positions = build_position_encoding(positions, max_shape=self.max_grid,
+                                                 num_channels=self.stem.num_channels, num_bands=num_bands)
+        extra = self.positions.num_channels if positions == "fourier" else 0
+        self.num_channels = self.stem.num_channels + extra
+
+    def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        log_mel, frame_pad = self.frontend(x, pad_mask)  # (B, F, n_mels), (B, F)
+        frames_real = ~frame_pad
+        if self.time_only:
+            features, valid = self.stem(rearrange(log_mel, "b f m -> b m f"), frames_real)
         else:
-            tokens = tokens + positions
-        return tokens, token_pad
+            features, valid = self.stem(log_mel[:, None], repeat(frames_real, "b f -> b f m", m=self.n_mels))
+        tokens = with_positions(rearrange(features, "b c ... -> b (...) c"), self.positions, features.shape[2:])
+        return tokens, ~valid.flatten(1)

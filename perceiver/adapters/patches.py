@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from perceiver.adapters.base import InputAdapter
 from perceiver.adapters.checks import check_tensor
-from perceiver.positions import as_shape, build_position_encoding
+from perceiver.positions import as_shape, build_position_encoding, with_positions
 
 # einops patterns that cut an input into non-overlapping patches, flattened as (patch cells, channel).
 _PATCHIFY = {
@@ -162,14 +162,7 @@ class PatchAdapter(InputAdapter):
         patches = self.patchify(x)
         tokens = patches if self.embedding is None else self.embedding(patches)
         grid = [n // p for n, p in zip(x.shape[2:], self.patch_size)]
-        # Fourier features in float64 for a float64 input (phases reach pi * max_resolution / 2), float32 otherwise.
-        precision = torch.float64 if x.dtype == torch.float64 else torch.float32
-        positions = self.positions.grid(grid, device=x.device, dtype=precision).to(tokens.dtype)
-        if self.concat_positions:
-            tokens = torch.cat([tokens, positions.expand(x.shape[0], -1, -1)], dim=-1)
-        else:
-            tokens = tokens + positions
-        return tokens, self.patch_pad_mask(pad_mask, x)
+        return with_positions(tokens, self.positions, grid), self.patch_pad_mask(pad_mask, x)
 
     def patch_pad_mask(self, pad_mask: Tensor | None, x: Tensor) -> Tensor | None:
         if pad_mask is None:

@@ -1,0 +1,124 @@
+"""Convolutional stems: shapes, masks, padding invariance in float64, clear errors."""
+
+import json
+
+import pytest
+import torch
+
+from perceiver import build_module, module_spec
+from perceiver.adapters import ConvAdapter, ConvStem, SpectrogramConvAdapter
+from perceiver.adapters.conv import downsample_valid
+
+
+def image_adapter(**overrides):
+    kwargs = dict(in_channels=2, max_size=(16, 16), channels=(4, 6, 8), strides=(1, 2, 2), num_bands=3)
+    return ConvAdapter(**{**kwargs, **overrides})
+
+
+def spectrogram_adapter(**overrides):
+    kwargs = dict(sample_rate=8000, n_fft=64, hop_length=32, n_mels=8, max_duration=0.5, channels=(6, 8),
+                  strides=(1, 2), num_bands=3)
+    return SpectrogramConvAdapter(**{**kwargs, **overrides})
+
+
+@pytest.mark.parametrize("positions", ["fourier", "learned"])
+def test_image_tokens_are_cells_of_the_strided_feature_map(positions):
+    adapter = image_adapter(positions=positions)
+    tokens, pad_mask = adapter(torch.randn(3, 2, 12, 8))
+    fourier = 2 * (2 * 3 + 1)  # per dimension: the position, 3 sines, 3 cosines
+    assert adapter.num_channels == 8 + (fourier if positions == "fourier" else 0)
+    assert tokens.shape == (3, (12 // 4) * (8 // 4), adapter.num_channels) and pad_mask is None
+    tokens.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter.stem.parameters())
+
+
+def test_one_dimensional_signals():
+    adapter = ConvAdapter(in_channels=3, max_size=(32,), channels=(5, 7), strides=(2, 2), num_bands=2)
+    tokens, pad_mask = adapter(torch.randn(2, 3, 20), torch.arange(20) >= torch.tensor([[20], [9]]))
+    assert tokens.shape == (2, 5, 7 + 5) and pad_mask.tolist() == [[False] * 5, [False, False, False, True, True]]
+
+
+def test_validity_downsamples_to_any_real_element_of_a_stride_cell():
+    valid = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 1]], dtype=torch.bool)
+    assert downsample_valid(valid, 2).tolist() == [[True, True, False], [False, False, True]]
+    assert torch.equal(downsample_valid(valid, 1), valid)
+
+
+@pytest.mark.parametrize("positions", ["fourier", "learned"])
+def test_image_tokens_do_not_depend_on_padding_float64(positions):
+    torch.manual_seed(0)
+    adapter = image_adapter(positions=positions).double()
+    small = torch.randn(1, 2, 8, 12, dtype=torch.float64)
+    alone, alone_mask = adapter(small)
+    batch = torch.randn(2, 2, 16, 16, dtype=torch.float64)
+    batch[0, :, :8, :12] = small[0]
+    batch[0, :, 8:, :] = float("nan")  # padding may hold anything, NaN included
+    batch[0, :, :, 12:] = float("inf")
+    pad_mask = torch.zeros(2, 16, 16, dtype=torch.bool)
+    pad_mask[0, 8:, :] = True
+    pad_mask[0, :, 12:] = True
+    tokens, token_mask = adapter(batch, pad_mask)
+    grid = token_mask[0].reshape(4, 4)
+    assert grid[:2, :3].logical_not().all() and grid[2:].all() and grid[:, 3:].all() and not token_mask[1].any()
+    real = tokens[0].reshape(4, 4, -1)[:2, :3].reshape(6, -1)
+    assert alone_mask is None and torch.isfinite(tokens).all()
+    torch.testing.assert_close(real, alone[0], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("conv", ["time", "time-mel"])
+def test_spectrogram_tokens_do_not_depend_on_padding_float64(conv):
+    torch.manual_seed(0)
+    adapter = spectrogram_adapter(conv=conv).double()
+    short = torch.randn(1, 1000, dtype=torch.float64)
+    alone, alone_mask = adapter(short)
+    batch = torch.randn(2, 3000, dtype=torch.float64)
+    batch[0, :1000] = short[0]
+    batch[0, 1000:] = float("nan")
+    pad_mask = torch.arange(3000)[None, :] >= torch.tensor([[1000], [3000]])
+    tokens, token_mask = adapter(batch, pad_mask)
+    real = ~token_mask[0]
+    assert not alone_mask.any() and int(real.sum()) == alone.shape[1] and not token_mask[1].any()
+    assert torch.isfinite(tokens).all()
+    torch.testing.assert_close(tokens[0, real], alone[0], rtol=0, atol=1e-10)
+
+
+def test_spectrogram_conv_shapes():
+    frames = (4000 - 64) // 32 + 1  # 124 frames in 0.5 s
+    time_adapter = spectrogram_adapter()
+    tokens, pad_mask = time_adapter(torch.randn(2, 4000))
+    assert tokens.shape == (2, frames // 2, 8 + 1 * (2 * 3 + 1)) and pad_mask.shape == (2, frames // 2)
+    grid_adapter = spectrogram_adapter(conv="time-mel")
+    tokens, pad_mask = grid_adapter(torch.randn(2, 4000))
+    assert tokens.shape == (2, (frames // 2) * (8 // 2), 8 + 2 * (2 * 3 + 1))
+
+
+def test_conv_adapters_round_trip_through_their_config():
+    for adapter in (image_adapter(), spectrogram_adapter(conv="time-mel")):
+        rebuilt = build_module(json.loads(json.dumps(module_spec(adapter))))
+        rebuilt.load_state_dict(adapter.state_dict())
+        x = torch.randn(2, 2, 16, 16) if isinstance(adapter, ConvAdapter) else torch.randn(2, 4000)
+        torch.testing.assert_close(rebuilt(x)[0], adapter(x)[0])
+
+
+def test_conv_adapter_errors():
+    adapter = image_adapter()
+    with pytest.raises(ValueError, match=r"H=10 .* total stride 4; nearest valid sizes: \[8, 12\]"):
+        adapter(torch.randn(1, 2, 10, 8))
+    with pytest.raises(ValueError, match="exceeds max_size"):
+        adapter(torch.randn(1, 2, 20, 8))
+    with pytest.raises(ValueError, match=r"expected 2 channels"):
+        adapter(torch.randn(1, 3, 8, 8))
+    with pytest.raises(TypeError, match="floating-point"):
+        adapter(torch.ones(1, 2, 8, 8, dtype=torch.long))
+    with pytest.raises(TypeError, match="pad_mask: expected a torch.bool"):
+        adapter(torch.randn(1, 2, 8, 8), torch.zeros(1, 8, 8))
+    with pytest.raises(ValueError, match=r"pad_mask: expected shape \(1, 8, 8\)"):
+        adapter(torch.randn(1, 2, 8, 8), torch.zeros(1, 8, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="max_size: expected sizes divisible by the total stride 4"):
+        image_adapter(max_size=(18, 16))
+    with pytest.raises(ValueError, match="channels, strides: expected two non-empty sequences of one length"):
+        ConvStem(num_dims=2, in_channels=1, channels=(4, 8), strides=(2,))
+    with pytest.raises(ValueError, match="kernel_size: expected an odd"):
+        ConvStem(num_dims=2, in_channels=1, channels=(4,), strides=(2,), kernel_size=4)
+    with pytest.raises(ValueError, match="conv: expected one of"):
+        spectrogram_adapter(conv="mel")
