@@ -70,7 +70,7 @@ def build_model(args) -> nn.Module:
                 for name, adapter in built.items()}
     return HybridFusionClassifier(adapters=built, encoders=encoders, num_classes=len(CLASSES),
                                   num_fusion_layers=args.num_fusion_layers,
-                                  num_fusion_heads=args.num_self_attention_heads, init_std=args.init_scale)
+                                  num_fusion_heads=args.num_self_attention_heads, init_scale=args.init_scale)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="fusion variants: probability that a sample loses each modality in training")
     parser.add_argument("--num-fusion-layers", type=int, default=2, help="hybrid: shared self-attention layers")
     parser.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
-    parser.add_argument("--init-scale", type=float, default=0.2, help="std of the initial weights")
+    parser.add_argument("--init-scale", type=float, default=None,
+                        help="fixed std of the initial weights (default: the package's fan-in scaled initialisation)")
     av_digits.add_adapter_args(parser)
     av_digits.add_degradation_args(parser, image_noise=0.35, occlusion=12, audio_snr_db=-10.0)
     args = parser.parse_args(argv)

@@ -154,7 +154,7 @@ def loader_batches(shards, *, batch_size: int, seed: int, mode: str = "epoch", n
 
 
 def build_encoder(args: argparse.Namespace, num_input_channels: int, *, widening_factor: int = 1,
-                  init_scale: float = 0.02) -> PerceiverEncoder:
+                  init_scale: float | None = None) -> PerceiverEncoder:
     """A ``PerceiverEncoder`` from the model size flags; one widening factor for its cross- and self-attention MLPs."""
     return PerceiverEncoder(num_input_channels=num_input_channels, **encoder_kwargs(args),
                             cross_attention_widening_factor=widening_factor,
@@ -172,7 +172,7 @@ def train_on_shards(model: torch.nn.Module, args: argparse.Namespace, run: "Run"
 
 
 def classifier(adapter: torch.nn.Module, args: argparse.Namespace, *, num_classes: int, widening_factor: int = 1,
-               init_scale: float = 0.02) -> PerceiverIO:
+               init_scale: float | None = None) -> PerceiverIO:
     """A Perceiver IO classifier behind ``adapter``: the encoder from the model size flags, one class query."""
     channels = args.num_latent_channels
     return PerceiverIO(

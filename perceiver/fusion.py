@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from perceiver.adapters.multimodal import PRESENT_SUFFIX
 from perceiver.attention import Backend
 from perceiver.encoder import PerceiverEncoder
+from perceiver.init import init_latents, init_linear_layers
 from perceiver.layers import CrossAttentionLayer, SelfAttentionBlock
 
 
@@ -128,7 +129,7 @@ class HybridFusionClassifier(nn.Module):
         num_classes: int,
         num_fusion_layers: int = 2,
         num_fusion_heads: int = 4,
-        init_std: float = 0.02,
+        init_scale: float | None = None,
         backend: Backend | None = None,
     ):
         super().__init__()
@@ -142,15 +143,18 @@ class HybridFusionClassifier(nn.Module):
         self.names = list(adapters)
         self.adapters = nn.ModuleDict(adapters)
         self.encoders = nn.ModuleDict(encoders)
-        self.modality_embedding = nn.Parameter(torch.randn(len(self.names), width) * init_std)
+        self.modality_embedding = nn.Parameter(init_latents(torch.empty(len(self.names), width), init_scale))
         self.fusion = SelfAttentionBlock(
             num_layers=num_fusion_layers, num_heads=num_fusion_heads, num_channels=width, backend=backend
         )
-        self.query = nn.Parameter(torch.randn(1, 1, width) * init_std)
+        self.query = nn.Parameter(init_latents(torch.empty(1, 1, width), init_scale))
         self.readout = CrossAttentionLayer(
             num_heads=1, num_q_input_channels=width, num_kv_input_channels=width, query_residual=False, backend=backend
         )
         self.classifier = nn.Linear(width, num_classes)
+        # The encoders come initialised; the fusion layers continue their latents' residual stream.
+        init_linear_layers(self.fusion, init_scale, num_residual_branches=2 * num_fusion_layers)
+        init_linear_layers(self.readout, init_scale)
 
     def forward(self, x: dict, pad_masks: dict | None = None) -> Tensor:
         pad_masks = pad_masks or {}
