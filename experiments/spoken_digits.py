@@ -13,12 +13,13 @@ long silences and tight trims reach the model alike; the log-mel spectrogram sto
 of telephone audio) and is standardised per utterance, so the level does not matter. Training augments each batch
 of waveforms with a random playback speed, level and spectral tilt, a synthetic room, a leading silence, white, pink
 or brown noise and a telephone line, and the spectrogram with a vocal tract length warp and SpecAugment masks
-(``LogMelSpectrogram``'s options, active in training mode only). ``--input`` picks the adapter: one token per 4
-full-band frames (``time-frames``), time × frequency tiles (``patches``), or a 1-D convolution stem over time
-(``conv``, ``SpectrogramConvAdapter``)::
+(``LogMelSpectrogram``'s options, active in training mode only). ``--input`` picks the adapter: two 1-D
+convolutions over time with the mel bins as channels, one token per 4 frames (``conv``, ``SpectrogramConvAdapter``,
+the default: ahead of the others in a side-by-side probe), one linear token per 4 full-band frames
+(``time-frames``), or time × frequency tiles (``patches``)::
 
     python -m experiments.spoken_digits --out runs/spoken-digits
-    python -m experiments.spoken_digits --out runs/spoken-digits-conv --input conv
+    python -m experiments.spoken_digits --out runs/spoken-digits-frames --input time-frames
     torchrun --nproc_per_node=2 -m experiments.spoken_digits --out runs/spoken-digits-ddp
 """
 
@@ -94,7 +95,7 @@ def augment_waveforms(audio: torch.Tensor, pad_mask: torch.Tensor, args) -> tupl
 def add_arguments(parser) -> None:
     add_data_args(parser, DATASET)
     model = parser.add_argument_group("input")
-    model.add_argument("--input", choices=INPUTS, default="time-frames",
+    model.add_argument("--input", choices=INPUTS, default="conv",
                        help="input adapter: full-band frame groups, time × frequency patches or a conv stem")
     model.add_argument("--n-mels", type=int, default=32, help="mel bins")
     model.add_argument("--f-max", type=float, default=4000.0, help="highest filterbank frequency in Hz")

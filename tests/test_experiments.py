@@ -66,9 +66,9 @@ def test_spoken_digits_tiny_run_reports_held_out_voices_engine_and_real_speech(t
     assert {"confusion_matrix", "engine_confusion_matrix", "real_confusion_matrix"} <= images
 
 
-def test_spoken_digits_trains_on_chosen_engines_with_the_conv_stem_and_no_augmentation(tmp_path, data):
+def test_spoken_digits_trains_on_chosen_engines_with_time_frames_and_no_augmentation(tmp_path, data):
     metrics, _ = run_experiment(spoken_digits, tmp_path / "run", data, "--limit", "20", "--num-bands", "2",
-                                "--input", "conv", "--engines", "espeak-ng", "sam", "--speed", "1", "1",
+                                "--input", "time-frames", "--engines", "espeak-ng", "sam", "--speed", "1", "1",
                                 "--no-gain-tilt", "--reverb", "0", "--telephone", "0", "--no-noise",
                                 "--warp", "0", "--time-masks", "0", "--freq-masks", "0")
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
