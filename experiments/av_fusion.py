@@ -12,7 +12,9 @@ the image only and with the audio only:
   (``HybridFusionClassifier``).
 
 Fusion variants train with modality dropout (``--modality-dropout``): each sample loses each modality with that
-probability (never both), so the same model answers when a modality is missing at test time::
+probability (never both), so the same model answers when a modality is missing at test time. Late fusion also
+trains each branch on its own (``--branch-loss``): the branches' classification losses are added to the fused one,
+so a sample missing a modality is classified by a branch that has learned to stand alone::
 
     python -m experiments.av_fusion --variant image --out runs/av-fusion/image
     python -m experiments.av_fusion --variant early --out runs/av-fusion/early
@@ -70,7 +72,7 @@ def build_model(args) -> nn.Module:
                 for name, adapter in built.items()}
     return HybridFusionClassifier(adapters=built, encoders=encoders, num_classes=len(CLASSES),
                                   num_fusion_layers=args.num_fusion_layers,
-                                  num_fusion_heads=args.num_self_attention_heads, init_std=args.init_scale)
+                                  num_fusion_heads=args.num_self_attention_heads, init_scale=args.init_scale)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -83,13 +85,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--modality-dropout", type=float, default=0.5,
                         help="fusion variants: probability that a sample loses each modality in training")
     parser.add_argument("--num-fusion-layers", type=int, default=2, help="hybrid: shared self-attention layers")
+    parser.add_argument("--branch-loss", type=float, default=1.0,
+                        help="late: weight of each branch's own classification loss (0 = the fused loss alone)")
     parser.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
-    parser.add_argument("--init-scale", type=float, default=0.2, help="std of the initial weights")
+    parser.add_argument("--init-scale", type=float, default=None,
+                        help="fixed std of the initial weights (default: the package's fan-in scaled initialisation)")
     av_digits.add_adapter_args(parser)
     av_digits.add_degradation_args(parser, image_noise=0.35, occlusion=12, audio_snr_db=-10.0)
     args = parser.parse_args(argv)
     check_args(parser, args)
     av_digits.check_adapter_args(parser, args)
+    if args.branch_loss < 0:
+        parser.error(f"--branch-loss: expected a weight >= 0, got {args.branch_loss}")
     if not 0 <= args.modality_dropout < 1:
         parser.error(f"--modality-dropout: expected a probability in [0, 1), got {args.modality_dropout}")
 
@@ -106,9 +113,16 @@ def main(argv: list[str] | None = None) -> dict:
         x, pad_masks = model_inputs(batch, modalities, device, degradation)
         if fusing and args.modality_dropout:
             x = drop_modalities(x, list(modalities), args.modality_dropout)
-        logits = model(x, pad_masks).float()
         labels = batch["label"].to(device)
-        loss = nn.functional.cross_entropy(logits, labels)
+        if args.variant == "late" and args.branch_loss:
+            logits, branches = model(x, pad_masks, return_branches=True)
+            loss = nn.functional.cross_entropy(logits.float(), labels)
+            for log_probs, present in branches.values():  # each branch also learns to classify alone
+                if present.any():
+                    loss = loss + args.branch_loss * nn.functional.nll_loss(log_probs[present].float(), labels[present])
+        else:
+            logits = model(x, pad_masks).float()
+            loss = nn.functional.cross_entropy(logits, labels)
         return loss, {"accuracy": (logits.argmax(dim=1) == labels).float().mean()}
 
     conditions = {name: given for name, given in CONDITIONS.items() if set(given) <= set(modalities)}

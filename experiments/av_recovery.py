@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--query-bands", type=int, default=8, help="Fourier bands of the reconstruction queries")
     parser.add_argument("--num-decoder-heads", type=int, default=2, help="heads of the decoder's cross-attention")
     parser.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
-    parser.add_argument("--init-scale", type=float, default=0.2, help="std of the initial weights")
+    parser.add_argument("--init-scale", type=float, default=None,
+                        help="fixed std of the initial weights (default: the package's fan-in scaled initialisation)")
     parser.add_argument("--classifier-steps", type=int, default=800, help="steps of the independent image classifier")
     parser.add_argument("--image-classifier", type=Path, default=None,
                         help="a saved image classifier (save_pretrained folder) to use instead of training one")

@@ -1,8 +1,8 @@
 """The command-line contract every experiment shares, and the few steps every experiment takes around ``train``.
 
-Every script accepts ``--out DIR``, ``--seed``, ``--max-steps``, ``--wandb {online,offline,disabled}`` (default
-offline unless ``WANDB_API_KEY`` is set), ``--batch-size``, ``--lr``, ``--resume``, ``--compile`` and the model size
-flags, and writes ``DIR/metrics.json`` (a flat JSON object of final metrics) with checkpoints in ``DIR``::
+Every script accepts ``--out DIR``, ``--seed``, ``--max-steps`` (and ``--max-minutes``, a training-time budget),
+``--wandb {online,offline,disabled}`` (default offline unless ``WANDB_API_KEY`` is set), ``--batch-size``, ``--lr``,
+``--resume``, ``--compile`` and the model size flags, and writes ``DIR/metrics.json`` (a flat JSON object of final metrics) with checkpoints in ``DIR``::
 
     parser = build_parser("what it does", name="my_task", defaults={"max_steps": 2000})
     args = parser.parse_args(argv)
@@ -59,6 +59,8 @@ def build_parser(description: str, *, name: str, defaults: dict[str, Any] | None
     run.add_argument("--out", type=Path, default=Path("runs") / name, help="output folder (checkpoints, metrics.json, wandb)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--max-steps", type=int, default=1000, help="optimizer steps in all")
+    run.add_argument("--max-minutes", type=float, default=None,
+                     help="training-time budget: stop when it is spent (or at --max-steps); the lr decays over it")
     run.add_argument("--wandb", choices=WANDB_MODES, default=default_wandb_mode(),
                      help="wandb mode (offline unless WANDB_API_KEY is set)")
     run.add_argument("--wandb-project", default="perceiver-triton")
@@ -111,6 +113,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"--{flag.replace('_', '-')}: expected a positive int, got {getattr(args, flag)}")
     if not args.lr > 0:
         parser.error(f"--lr: expected a positive float, got {args.lr}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        parser.error(f"--max-minutes: expected a positive number, got {args.max_minutes}")
     if args.warmup_steps is None:
         args.warmup_steps = args.max_steps // 10
     if not 0 <= args.warmup_steps <= args.max_steps:
@@ -123,6 +127,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio, grad_clip=args.grad_clip or None,
         precision=args.precision, compile=args.compile, log_every=args.log_every, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.no_progress,
+        max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes,
     )
 
 
@@ -154,7 +159,7 @@ def loader_batches(shards, *, batch_size: int, seed: int, mode: str = "epoch", n
 
 
 def build_encoder(args: argparse.Namespace, num_input_channels: int, *, widening_factor: int = 1,
-                  init_scale: float = 0.02) -> PerceiverEncoder:
+                  init_scale: float | None = None) -> PerceiverEncoder:
     """A ``PerceiverEncoder`` from the model size flags; one widening factor for its cross- and self-attention MLPs."""
     return PerceiverEncoder(num_input_channels=num_input_channels, **encoder_kwargs(args),
                             cross_attention_widening_factor=widening_factor,
@@ -172,7 +177,7 @@ def train_on_shards(model: torch.nn.Module, args: argparse.Namespace, run: "Run"
 
 
 def classifier(adapter: torch.nn.Module, args: argparse.Namespace, *, num_classes: int, widening_factor: int = 1,
-               init_scale: float = 0.02) -> PerceiverIO:
+               init_scale: float | None = None) -> PerceiverIO:
     """A Perceiver IO classifier behind ``adapter``: the encoder from the model size flags, one class query."""
     channels = args.num_latent_channels
     return PerceiverIO(

@@ -264,10 +264,8 @@ def parse_args(argv: list[str] | None = None) -> tuple:
     add_data_args(parser, "<dataset>")
     parser.add_argument("--embed-dim", type=int, default=64, help="width of the joint embedding")
     parser.add_argument("--temperature", type=float, default=0.07, help="initial softmax temperature (learned)")
-    # At the package's 0.02 these small embedders start with uniform attention and the same output for every input,
-    # and InfoNCE has nothing to pull apart.
-    parser.add_argument("--init-scale", type=float, default=0.2,
-                        help="std of the encoder's and decoder's initial weights")
+    parser.add_argument("--init-scale", type=float, default=None,
+                        help="fixed std of the initial weights (default: the package's fan-in scaled initialisation)")
     parser.add_argument("--embed-channels", type=int, default=128, help="width of every adapter's token embedding")
     parser.add_argument("--num-bands", type=int, default=8, help="Fourier frequency bands per axis (image, audio)")
     parser.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")

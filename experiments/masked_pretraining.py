@@ -29,10 +29,9 @@ if __package__ in (None, ""):  # run as a file: python experiments/masked_pretra
 from experiments.common import (add_data_args, build_encoder, build_parser, check_args, per_rank_seed, run_summary,
                                 seed_everything, start_run, train_on_shards)
 from experiments.datasets import ensure_shards
-from experiments.fashion_mnist import (CLASSES, DATASET, add_model_args, augment, check_model_args, normalize,
-                                       patch_adapter)
+from experiments.fashion_mnist import CLASSES, DATASET, add_model_args, augment, check_model_args, normalize
 from perceiver import PerceiverDecoder, PerceiverIO
-from perceiver.adapters import (ReconstructionOutput, ReconstructionQueries, gather_output_points, normalize_patches,
+from perceiver.adapters import (PatchAdapter, ReconstructionOutput, ReconstructionQueries, gather_output_points, normalize_patches,
                                 sample_output_index)
 from perceiver.data import make_loader
 from perceiver.masks import pad_mask_from_index
@@ -46,7 +45,8 @@ FIGURE_FILE = "reconstructions.png"
 
 def build_model(args) -> PerceiverIO:
     """Patch adapter → encoder → reconstruction queries over the patch grid → pixels of a patch."""
-    adapter = patch_adapter(args)
+    adapter = PatchAdapter(in_channels=1, max_size=(28, 28), patch_size=args.patch_size,
+                           embed_channels=args.embed_channels, num_bands=args.num_bands)
     channels = args.num_latent_channels
     return PerceiverIO(
         input_adapter=adapter,
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     num_patches = model.decoder.query_provider.num_points("image")
 
     def loss_fn(model: nn.Module, batch: dict) -> tuple[Tensor, dict]:
-        images = augment(batch["image"], args.max_shift) if args.max_shift else batch["image"]
+        images = augment(batch["image"], args.max_shift)
         hidden_index = sample_output_index(num_patches, hidden_count, batch_size=len(images), device=device)
         images = normalize(images).to(device)
         predicted = predict_hidden(model, images, hidden_index).float()

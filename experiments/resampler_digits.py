@@ -64,7 +64,7 @@ class TokenClassifier(nn.Module):
         if summary == "resampler":
             self.summarise = PerceiverResampler(num_input_channels=num_input_channels, num_latents=num_tokens,
                                                 num_latent_channels=token_channels, num_layers=num_resampler_layers,
-                                                num_heads=num_heads, widening_factor=2, init_std=0.2)
+                                                num_heads=num_heads, widening_factor=2, init_scale=None)
         else:
             self.summarise = nn.Linear(num_input_channels, token_channels)
         layer = nn.TransformerEncoderLayer(d_model=token_channels, nhead=num_heads, dim_feedforward=2 * token_channels,

@@ -108,9 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--positions", choices=("learned", "fourier"), default="learned",
                         help="byte and query positions: learned vectors, or Fourier features of the position")
     parser.add_argument("--num-bands", type=int, default=32, help="Fourier frequency bands (Fourier positions)")
-    # With the encoder's default 0.02 on a narrow model every attention starts uniform, each byte query reads the same
-    # mix of latents, and training sits on the unigram solution for hundreds of steps; larger weights break the tie.
-    parser.add_argument("--init-scale", type=float, default=0.2, help="std of the encoder's and decoder's initial weights")
+    parser.add_argument("--init-scale", type=float, default=None,
+                        help="fixed std of the initial weights (default: the package's fan-in scaled initialisation)")
     parser.add_argument("--mask-rate", type=float, default=0.15, help="fraction of real bytes chosen for the loss")
     parser.add_argument("--embed-channels", type=int, default=128, help="width of the byte embedding and queries")
     parser.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")

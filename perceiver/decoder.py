@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from perceiver.adapters.base import OutputAdapter, QueryProvider
 from perceiver.attention import Backend
 from perceiver.config import capture_config
+from perceiver.init import init_linear_layers
 from perceiver.layers import CrossAttentionLayer, run_layer
 from perceiver.masks import check_pad_mask
 
@@ -16,6 +17,7 @@ class PerceiverDecoder(nn.Module):
 
     A query marked as padding by the query provider's mask (True = padding) gets a zero decoder output, so it
     cannot influence anything downstream; the output adapter still returns a value for it, which losses must ignore.
+    ``init_scale`` as in ``PerceiverEncoder`` (None: fan-in scaled, see ``perceiver.init``).
     """
 
     def __init__(
@@ -30,7 +32,7 @@ class PerceiverDecoder(nn.Module):
         cross_attention_widening_factor: int = 1,
         query_residual: bool = False,
         dropout: float = 0.0,
-        init_scale: float = 0.02,
+        init_scale: float | None = None,
         activation_checkpointing: bool = False,
         backend: Backend | None = None,
     ):
@@ -51,10 +53,7 @@ class PerceiverDecoder(nn.Module):
             query_residual=query_residual,
             backend=backend,
         )
-        for module in self.cross_attention.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=init_scale, a=-2 * init_scale, b=2 * init_scale)
-                nn.init.zeros_(module.bias)
+        init_linear_layers(self.cross_attention, init_scale)
 
     def forward(self, latents: Tensor, *, tokens: Tensor, pad_mask: Tensor | None = None, **query_args):
         """Decode ``latents``; ``tokens``/``pad_mask`` (the adapted input) and ``query_args`` go to the query provider."""

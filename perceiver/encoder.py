@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from perceiver.attention import Backend
 from perceiver.config import capture_config
+from perceiver.init import init_latents, init_linear_layers
 from perceiver.layers import CrossAttentionLayer, SelfAttentionBlock, run_layer
 from perceiver.masks import check_pad_mask
 
@@ -24,6 +25,11 @@ class PerceiverEncoder(nn.Module):
     cross-attends share one set of weights, as do all later blocks. So the encoder holds at most two cross-attention
     layers and two blocks, whatever the depth it computes. Perceiver IO is the special case of one cross-attend and
     ``num_self_attention_blocks`` repeats of one block.
+
+    ``init_scale=None`` (default) initialises every linear map N(0, 2 / fan_in), scales the maps that write into the
+    latents' residual stream by 1 / sqrt(2 × computed depth), and draws the latents N(0, 1): models of any width and
+    depth start with selective attention and distinct latents (``perceiver.init``). A float gives the papers'
+    fixed std (e.g. 0.02) for every weight and the latents.
     """
 
     def __init__(
@@ -46,7 +52,7 @@ class PerceiverEncoder(nn.Module):
         first_self_attention_block_shared: bool = False,
         self_attention_widening_factor: int = 1,
         dropout: float = 0.0,
-        init_scale: float = 0.02,
+        init_scale: float | None = None,
         activation_checkpointing: bool = False,
         backend: Backend | None = None,
     ):
@@ -96,12 +102,11 @@ class PerceiverEncoder(nn.Module):
         self.self_attention_n = self_attention_block() if needs_shared_block else self.self_attention_1
         self._init_parameters(init_scale)
 
-    def _init_parameters(self, init_scale: float) -> None:
-        nn.init.trunc_normal_(self.latents, std=init_scale, a=-2 * init_scale, b=2 * init_scale)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=init_scale, a=-2 * init_scale, b=2 * init_scale)
-                nn.init.zeros_(module.bias)
+    def _init_parameters(self, init_scale: float | None) -> None:
+        init_latents(self.latents, init_scale)
+        # The latents pass through an attention and an MLP branch per cross-attend and per self-attention layer.
+        depth = self.num_cross_attention_layers + self.num_self_attention_blocks * len(self.self_attention_1)
+        init_linear_layers(self, init_scale, num_residual_branches=2 * depth)
 
     def forward(self, tokens: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         if tokens.dim() != 3 or tokens.shape[-1] != self.num_input_channels:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from perceiver.adapters.multimodal import PRESENT_SUFFIX
 from perceiver.attention import Backend
 from perceiver.encoder import PerceiverEncoder
+from perceiver.init import init_latents, init_linear_layers
 from perceiver.layers import CrossAttentionLayer, SelfAttentionBlock
 
 
@@ -95,22 +96,26 @@ class LateFusionClassifier(nn.Module):
         self.weighting = weighting
         self.weight_logits = nn.Parameter(torch.zeros(len(models))) if weighting == "learned" else None
 
-    def forward(self, x: dict, pad_masks: dict | None = None) -> Tensor:
+    def forward(self, x: dict, pad_masks: dict | None = None, *, return_branches: bool = False):
+        """Fused log-probabilities (B, K); with ``return_branches`` also ``{name: (log_probs (B, K), present (B,))}``
+        for each modality in ``x``, e.g. for a loss on each branch alone (which trains every branch to stand on its
+        own, so that a sample missing a modality gets what that branch's unimodal model would give)."""
         pad_masks = pad_masks or {}
         batch_size, device = _batch_size(x, self.names)
         presence = modality_presence(x, self.names, batch_size, device)
-        log_probs, used = [], []
+        branches, used = {}, []
         for i, name in enumerate(self.names):
             if name in x:
-                log_probs.append(self.models[name](x[name], pad_masks.get(name)).log_softmax(dim=-1))
+                branches[name] = (self.models[name](x[name], pad_masks.get(name)).log_softmax(dim=-1), presence[:, i])
                 used.append(i)
-        stacked = torch.stack(log_probs, dim=1)  # (B, modalities in x, K)
+        stacked = torch.stack([log_probs for log_probs, _ in branches.values()], dim=1)  # (B, modalities in x, K)
         present = presence[:, used]
         logits = self.weight_logits[used] if self.weight_logits is not None else torch.zeros(len(used), device=device)
         weights = logits.to(stacked.dtype).expand(batch_size, -1).masked_fill(~present, float("-inf")).softmax(dim=1)
         # A missing modality's log-probabilities may be anything (its input is a placeholder): zero them before the sum
         # so that 0 × (-inf) cannot appear.
-        return (weights[..., None] * stacked.masked_fill(~present[..., None], 0.0)).sum(dim=1)
+        fused = (weights[..., None] * stacked.masked_fill(~present[..., None], 0.0)).sum(dim=1)
+        return (fused, branches) if return_branches else fused
 
 
 class HybridFusionClassifier(nn.Module):
@@ -128,7 +133,7 @@ class HybridFusionClassifier(nn.Module):
         num_classes: int,
         num_fusion_layers: int = 2,
         num_fusion_heads: int = 4,
-        init_std: float = 0.02,
+        init_scale: float | None = None,
         backend: Backend | None = None,
     ):
         super().__init__()
@@ -142,15 +147,18 @@ class HybridFusionClassifier(nn.Module):
         self.names = list(adapters)
         self.adapters = nn.ModuleDict(adapters)
         self.encoders = nn.ModuleDict(encoders)
-        self.modality_embedding = nn.Parameter(torch.randn(len(self.names), width) * init_std)
+        self.modality_embedding = nn.Parameter(init_latents(torch.empty(len(self.names), width), init_scale))
         self.fusion = SelfAttentionBlock(
             num_layers=num_fusion_layers, num_heads=num_fusion_heads, num_channels=width, backend=backend
         )
-        self.query = nn.Parameter(torch.randn(1, 1, width) * init_std)
+        self.query = nn.Parameter(init_latents(torch.empty(1, 1, width), init_scale))
         self.readout = CrossAttentionLayer(
             num_heads=1, num_q_input_channels=width, num_kv_input_channels=width, query_residual=False, backend=backend
         )
         self.classifier = nn.Linear(width, num_classes)
+        # The encoders come initialised; the fusion layers continue their latents' residual stream.
+        init_linear_layers(self.fusion, init_scale, num_residual_branches=2 * num_fusion_layers)
+        init_linear_layers(self.readout, init_scale)
 
     def forward(self, x: dict, pad_masks: dict | None = None) -> Tensor:
         pad_masks = pad_masks or {}

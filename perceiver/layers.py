@@ -21,6 +21,11 @@ class MLP(nn.Sequential):
             nn.Dropout(dropout),
         )
 
+    @property
+    def output(self) -> nn.Linear:
+        """The map that writes into the residual stream."""
+        return self[3]
+
 
 class CrossAttentionLayer(nn.Module):
     """Queries ``x_q`` (B, N, Cq) read ``x_kv`` (B, M, Ckv); then an MLP. Both with residual connections.

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from perceiver.adapters.checks import check_tensor
 from perceiver.attention import Backend
 from perceiver.config import capture_config
+from perceiver.init import init_latents, init_linear_layers
 from perceiver.layers import CrossAttentionLayer
 from perceiver.masks import check_pad_mask
 
@@ -41,7 +42,7 @@ class PerceiverResampler(nn.Module):
         widening_factor: int = 4,
         max_frames: int | None = None,
         dropout: float = 0.0,
-        init_std: float = 0.02,
+        init_scale: float | None = None,
         backend: Backend | None = None,
     ):
         super().__init__()
@@ -49,8 +50,8 @@ class PerceiverResampler(nn.Module):
         self.num_input_channels = num_input_channels
         self.num_output_channels = num_output_channels or num_latent_channels
         self.input_projection = nn.Linear(num_input_channels, num_latent_channels)
-        self.frame_embedding = nn.Parameter(torch.randn(max_frames, num_latent_channels) * init_std) if max_frames else None
-        self.latents = nn.Parameter(torch.randn(num_latents, num_latent_channels) * init_std)
+        self.frame_embedding = nn.Parameter(torch.empty(max_frames, num_latent_channels)) if max_frames else None
+        self.latents = nn.Parameter(torch.empty(num_latents, num_latent_channels))
         self.layers = nn.ModuleList(
             CrossAttentionLayer(
                 num_heads=num_heads,
@@ -64,6 +65,10 @@ class PerceiverResampler(nn.Module):
         )
         self.output_norm = nn.LayerNorm(num_latent_channels)
         self.output_projection = nn.Linear(num_latent_channels, self.num_output_channels)
+        for embedding in (self.latents, self.frame_embedding):
+            if embedding is not None:
+                init_latents(embedding, init_scale)
+        init_linear_layers(self, init_scale, num_residual_branches=2 * num_layers)
 
     def _flatten_frames(self, features: Tensor, pad_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         batch, frames, per_frame, _ = features.shape

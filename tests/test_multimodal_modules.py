@@ -191,3 +191,19 @@ def test_resampler_output_does_not_depend_on_padding(backend):
         in_batch = resampler(torch.cat([padded, torch.randn_like(padded)]), torch.cat([pad_mask, ~pad_mask]))
     assert torch.allclose(alone[0], in_batch[0], atol=1e-10)
     assert torch.isfinite(in_batch).all()
+
+
+def test_late_fusion_returns_each_branch_for_a_loss_of_its_own():
+    torch.manual_seed(0)
+    model = fusion_models()["late"].eval()
+    x, _ = toy_pairs(3, torch.Generator().manual_seed(2))
+    present = torch.tensor([True, False, True])
+    fused, branches = model({**x, "signal_present": present}, return_branches=True)
+    assert set(branches) == {"image", "signal"}
+    image_log_probs, image_present = branches["image"]
+    signal_log_probs, signal_present = branches["signal"]
+    torch.testing.assert_close(image_log_probs, model.models["image"](x["image"]).log_softmax(-1))
+    torch.testing.assert_close(signal_log_probs, model.models["signal"](x["signal"]).log_softmax(-1))
+    assert image_present.all() and torch.equal(signal_present, present)
+    torch.testing.assert_close(fused[1], image_log_probs[1])  # a sample without the signal is its image branch
+    torch.testing.assert_close(fused, model({**x, "signal_present": present}))

@@ -122,8 +122,36 @@ def test_scheduler_sets_the_optimizer_learning_rate_step_by_step():
     assert seen == pytest.approx(expected)
 
 
+def test_warmup_cosine_over_a_time_budget_follows_the_elapsed_time():
+    factor = WarmupCosine(warmup_steps=2, max_steps=10**6, min_lr_ratio=0.1, max_seconds=100.0)
+    assert [factor(0), factor(1)] == pytest.approx([0.5, 1.0])  # warm-up still counts steps
+    factor.elapsed_seconds = 50.0
+    assert factor(5) == pytest.approx(0.55) and factor(500) == pytest.approx(0.55)  # the step no longer matters
+    factor.elapsed_seconds = 100.0
+    assert factor(6) == pytest.approx(0.1)
+
+
+def test_training_stops_when_its_time_budget_is_spent(tmp_path):
+    import time
+
+    def slow_loss(model, batch):
+        time.sleep(0.05)
+        return classification_loss(model, batch)
+
+    evaluations = []
+    result = train(tiny_model(), config=quiet_config(max_steps=1000, max_seconds=0.3, warmup_steps=1, min_lr_ratio=0.1),
+                   make_batches=epoch_batches(batches_per_epoch=5), loss_fn=slow_loss,
+                   evaluate=lambda model: evaluations.append(1) or {"x": 1.0}, out_dir=tmp_path)
+    assert 3 <= result.step <= 8  # 0.3 s of 0.05 s steps (plus the steps' own work)
+    assert evaluations == [1] and (tmp_path / LATEST).is_file()  # the budget's last step is the run's last
+    checkpoint = load_checkpoint(tmp_path / LATEST)
+    assert checkpoint["scheduler"]["lr_lambdas"][0]["elapsed_seconds"] >= 0.3
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.1 * 3e-3)  # the schedule's floor
+
+
 @pytest.mark.parametrize("kwargs", [dict(warmup_steps=5, max_steps=4), dict(warmup_steps=0, max_steps=0),
-                                    dict(warmup_steps=0, max_steps=3, min_lr_ratio=1.5)])
+                                    dict(warmup_steps=0, max_steps=3, min_lr_ratio=1.5),
+                                    dict(warmup_steps=0, max_steps=3, max_seconds=0.0)])
 def test_warmup_cosine_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError, match="expected"):
         WarmupCosine(**kwargs)
@@ -448,6 +476,14 @@ def test_experiment_parser_rejects_bad_values(capsys):
     with pytest.raises(SystemExit):
         check_args(parser, parser.parse_args(["--warmup-steps", "20"]))
     assert "--warmup-steps: expected an int in [0, --max-steps=10], got 20" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        check_args(parser, parser.parse_args(["--max-minutes", "0"]))
+    assert "--max-minutes: expected a positive number, got 0.0" in capsys.readouterr().err
+    from experiments.common import train_config
+
+    budget = parser.parse_args(["--max-minutes", "1.5"])
+    check_args(parser, budget)
+    assert train_config(budget).max_seconds == 90.0 and train_config(args).max_seconds is None
     with pytest.raises(ValueError, match="unknown option names"):
         build_parser("d", name="x", defaults={"max_stepz": 10})
 

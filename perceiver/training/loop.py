@@ -45,7 +45,10 @@ class TrainConfig:
     """Hyperparameters of one run; saved in every checkpoint and in the wandb config.
 
     ``eval_every`` / ``checkpoint_every`` of 0 mean: only once, after the last step. ``precision="auto"`` is bf16
-    autocast on a GPU that supports it (fp16 with loss scaling on older ones) and fp32 on CPU.
+    autocast on a GPU that supports it (fp16 with loss scaling on older ones) and fp32 on CPU. ``max_seconds``: a
+    training-time budget; the run stops after the first step that reaches it (or at ``max_steps``, whichever comes
+    first) and the cosine decays over the budget instead of the steps. The time counted is the steps' (data,
+    forward, backward, update), not evaluations or checkpoints.
     """
 
     max_steps: int
@@ -64,10 +67,13 @@ class TrainConfig:
     checkpoint_every: int = 0
     resume: bool = False
     progress: bool = True
+    max_seconds: float | None = None
 
     def __post_init__(self):
         if self.max_steps < 1:
             raise ValueError(f"max_steps: expected a positive int, got {self.max_steps}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds: expected a positive float or None, got {self.max_seconds}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         for name in ("log_every", "eval_every", "checkpoint_every"):
@@ -184,7 +190,8 @@ def train(
     optimizer = build_optimizer(model, name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
                                 betas=config.betas, eps=config.eps)
     scheduler = warmup_cosine_scheduler(optimizer, warmup_steps=config.warmup_steps, max_steps=config.max_steps,
-                                        min_lr_ratio=config.min_lr_ratio)
+                                        min_lr_ratio=config.min_lr_ratio, max_seconds=config.max_seconds)
+    schedule = scheduler.lr_lambdas[0]
     amp_dtype = autocast_dtype(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
@@ -252,8 +259,10 @@ def train(
     loss_sum, samples, corrupt = torch.zeros((), device=device, dtype=torch.float64), 0, 0
     metric_sums: dict[str, torch.Tensor] = {}
     window_steps, window_start, started = 0, time.perf_counter(), time.perf_counter()
+    out_of_time = config.max_seconds is not None and schedule.elapsed_seconds >= config.max_seconds
     model.train()
-    while step < config.max_steps:
+    while step < config.max_steps and not out_of_time:
+        step_start = time.perf_counter()
         batch = next(batches)
         corrupt += int(batch.get("corrupt", 0))
         samples += batch_size_of(batch)
@@ -268,6 +277,11 @@ def train(
         scaler.step(optimizer)
         scaler.update()
         lr = scheduler.get_last_lr()[0]
+        if config.max_seconds is not None:
+            # The schedule's clock (restored with it on resume); averaged over ranks so that all stop together.
+            seconds = torch.tensor(time.perf_counter() - step_start, dtype=torch.float64, device=device)
+            schedule.elapsed_seconds += float(distributed.all_reduce_sum(seconds)) / world
+            out_of_time = schedule.elapsed_seconds >= config.max_seconds
         scheduler.step()
         step += 1
         window_steps += 1
@@ -276,7 +290,7 @@ def train(
             metric_sums[name] = metric_sums.get(name, 0.0) + torch.as_tensor(value, device=device).detach().double()
         progress.update(1)
 
-        last = step == config.max_steps
+        last = step == config.max_steps or out_of_time
         if (config.log_every and step % config.log_every == 0) or last:
             elapsed = time.perf_counter() - window_start
             local = {"loss": loss_sum / window_steps, **{k: v / window_steps for k, v in metric_sums.items()}}
@@ -299,7 +313,8 @@ def train(
                 corrupt = 0
             write_checkpoint()
     progress.close()
-    if not result.eval_metrics and evaluate is not None and step == config.max_steps and not result.losses:
+    finished = step == config.max_steps or out_of_time
+    if not result.eval_metrics and evaluate is not None and finished and not result.losses:
         result.eval_metrics = run_evaluation()  # resumed a finished run: report its evaluation again
 
     result.step = step

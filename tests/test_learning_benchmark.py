@@ -1,0 +1,49 @@
+"""The learning benchmark's quick mode runs every model end to end and writes its table, JSON and plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from perceiver.data import build_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_run_trains_every_model_and_writes_table_json_and_plot(tmp_path):
+    data = tmp_path / "fashion-mnist"
+    build_dataset("fashion-mnist", data, splits=["train", "test"], limit=600)
+    out = tmp_path / "results"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.learning", "--quick", "--data", str(data), "--out",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads((out / "learning.json").read_text())
+    names = [r["model"] for r in report["results"]]
+    assert names == ["ours", "ours-patches", "hf-learned", "hf-fourier", "hf-conv", "perceiver-pytorch", "cnn"]
+    for r in report["results"]:
+        assert "error" not in r, r
+        assert r["steps"] > 0 and r["parameters"] > 0 and len(r["curve"]) == 2
+        assert all(0.0 <= p["accuracy"] <= 1.0 for p in r["curve"])
+        assert r["curve"][0]["seconds"] <= r["curve"][1]["seconds"]
+    summary = report["summary"]
+    assert summary["best_peer"] in ("hf-learned", "hf-fourier", "hf-conv", "perceiver-pytorch")
+    assert summary["margin_over_cnn"] == pytest.approx(100 * (summary["ours"] - summary["cnn"]))
+    table = (out / "learning.md").read_text()
+    assert table in done.stdout and "| ours |" in table and "| cnn |" in table
+    assert (out / "learning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_schedule_warms_up_then_decays_on_the_training_clock():
+    from benchmarks.learning import Recipe, lr_factor
+
+    recipe = Recipe(minutes=1, evals=1)
+    assert lr_factor(0.3, 60, recipe) == pytest.approx(0.3 / 1.8)  # warm-up over the first 3% (1.8 s)
+    assert lr_factor(1.8, 60, recipe) == pytest.approx(1.0)
+    assert lr_factor(60, 60, recipe) == pytest.approx(0.1) and lr_factor(90, 60, recipe) == pytest.approx(0.1)
+    middle = 1.8 + (60 - 1.8) / 2
+    assert lr_factor(middle, 60, recipe) == pytest.approx(0.55)
