@@ -149,8 +149,8 @@ def check_arguments(parser, args) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
-        max_steps=1600, batch_size=64, lr=2e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
-        num_self_attention_heads=4, num_self_attention_layers=4, eval_every=800, checkpoint_every=400))
+        max_steps=3000, batch_size=64, lr=2e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
+        num_self_attention_heads=4, num_self_attention_layers=4, eval_every=1000, checkpoint_every=500))
     add_arguments(parser)
     args = parser.parse_args(argv)
     check_arguments(parser, args)
