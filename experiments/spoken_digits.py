@@ -124,10 +124,10 @@ def add_arguments(parser) -> None:
                       help="colours of the added noise, one drawn per clip")
     data.add_argument("--no-noise", action="store_true", help="add no noise")
     data.add_argument("--telephone", type=float, default=0.5, help="fraction of clips sent down a telephone line")
-    data.add_argument("--warp", type=float, default=0.1, help="vocal tract length warp: factors 1 ± WARP")
-    data.add_argument("--time-masks", type=int, default=2, help="SpecAugment time masks per clip")
+    data.add_argument("--warp", type=float, default=0.0, help="vocal tract length warp: factors 1 ± WARP")
+    data.add_argument("--time-masks", type=int, default=0, help="SpecAugment time masks per clip")
     data.add_argument("--time-mask-frames", type=int, default=10, help="widest time mask in frames")
-    data.add_argument("--freq-masks", type=int, default=2, help="SpecAugment frequency masks per clip")
+    data.add_argument("--freq-masks", type=int, default=0, help="SpecAugment frequency masks per clip")
     data.add_argument("--freq-mask-bins", type=int, default=4, help="widest frequency mask in mel bins")
 
 
