@@ -25,7 +25,10 @@ from __future__ import annotations
 import pathlib
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from perceiver.data.errors import DataSourceError
 from perceiver.data.sources import festival, flite, pico, sam
@@ -79,30 +82,26 @@ def _sam_params(voice: str, rng: random.Random) -> dict:
 @dataclass(frozen=True)
 class Engine:
     """A speech synthesis engine of the dataset: its voices, which of them are test speakers, how many
-    renditions of each digit a voice says, and the seeded draw of one rendition's parameters."""
+    renditions of each digit a voice says, the seeded draw of one rendition's parameters, and the call that says a
+    word with them (an int16 waveform and its sample rate)."""
 
     name: str
     voices: tuple[str, ...]
     test_voices: tuple[str, ...]
     renditions: int
-    draw: object  # (voice, rng) -> keyword arguments of speak
-
-    def speak(self, text: str, voice: str, params: dict):
-        if self.name == "flite":
-            return flite.speak(text, voice=voice, **params)
-        if self.name == "festival":
-            return festival.speak(text, voice=voice, **params)
-        if self.name == "pico":
-            return pico.speak(text, language=voice, **params)
-        return sam.speak(text, **params)
+    draw: Callable[[str, random.Random], dict]
+    say: Callable[..., tuple[np.ndarray, int]]  # (text, voice, **params)
 
 
 ENGINES = {engine.name: engine for engine in (
-    Engine("flite", ("awb", "kal", "kal16", "rms", "slt"), ("rms",), 30, _flite_params),
+    Engine("flite", ("awb", "kal", "kal16", "rms", "slt"), ("rms",), 30, _flite_params,
+           lambda text, voice, **params: flite.speak(text, voice=voice, **params)),
     Engine("festival", ("cmu_us_slt_arctic_hts", "kal_diphone", "ked_diphone"), ("ked_diphone",), 30,
-           _festival_params),
-    Engine("sam", tuple(SAM_PRESETS), ("stuffy-guy",), 30, _sam_params),
-    Engine("pico", pico.LANGUAGES, pico.LANGUAGES, 30, _pico_params),
+           _festival_params, lambda text, voice, **params: festival.speak(text, voice=voice, **params)),
+    Engine("sam", tuple(SAM_PRESETS), ("stuffy-guy",), 30, _sam_params,
+           lambda text, voice, **params: sam.speak(text, **params)),  # the voice is in the parameters
+    Engine("pico", pico.LANGUAGES, pico.LANGUAGES, 30, _pico_params,
+           lambda text, voice, **params: pico.speak(text, language=voice, **params)),
 )}
 HELD_OUT_ENGINE = "pico"  # the `engine` split
 SPLIT_ENGINES = {"train": ("espeak-ng", "flite", "festival", "sam"), "test": ("espeak-ng", "flite", "festival", "sam"),
@@ -178,7 +177,7 @@ class SpokenDigits(Source):
                     "meta": {"voice": voice, "word": WORDS[digit], "rate": rate, "pitch": pitch,
                              "speech": "espeak-ng"}}
         _, digit, name, voice, rendition, params = spec
-        waveform, rate = ENGINES[name].speak(WORDS[digit], voice, dict(params))
+        waveform, rate = ENGINES[name].say(WORDS[digit], voice, **dict(params))
         return {"key": f"{name}_{safe(voice)}_{rendition}_{digit}", **stored_audio(waveform, rate), "label": digit,
                 "meta": {"voice": voice, "word": WORDS[digit], **dict(params), "speech": name}}
 
