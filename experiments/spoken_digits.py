@@ -101,7 +101,7 @@ def add_arguments(parser) -> None:
     model.add_argument("--n-mels", type=int, default=32, help="mel bins")
     model.add_argument("--f-max", type=float, default=4000.0, help="highest filterbank frequency in Hz")
     model.add_argument("--max-duration", type=float, default=1.2, help="longer speech is cut, in seconds")
-    model.add_argument("--speech-margin", type=float, default=0.1,
+    model.add_argument("--speech-margin", type=float, default=0.02,
                        help="seconds kept before and after the speech that the cut to speech finds")
     model.add_argument("--patch-frames", type=int, default=4, help="frames (10 ms each) per patch")
     model.add_argument("--patch-mels", type=int, default=8, help="mel bins per patch (divides --n-mels)")
@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = run.context.device
     max_samples = round(args.max_duration * SAMPLE_RATE)
     engines = set(args.engines)
-    # Frames of 10 ms; the margin keeps weak onsets and endings (the f of "four", the th of "three", the s of "six"),
-    # which lie up to 55 dB below a word's loudest frame, where the 40 dB threshold alone would cut them.
+    # Frames of 10 ms. A wider margin keeps more of the weak onsets and endings (the f of "four", the th of "three")
+    # that lie up to 55 dB below a word's loudest frame, where the 40 dB threshold alone cuts them.
     margin = round(args.speech_margin * 100)
 
     def cut_to_speech(audio: torch.Tensor, pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
