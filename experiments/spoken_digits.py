@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
         audio, pad_mask, labels = batch["audio"].cpu(), batch["audio_pad_mask"].cpu(), batch["label"]
         if engines != set(TRAIN_ENGINES):  # a smaller batch rather than a second set of shards
             keep = torch.tensor([meta["speech"] in engines for meta in batch["meta"]])
+            if not keep.any():  # nothing of the chosen engines in this batch: a zero loss that still reaches DDP
+                return sum(parameter.sum() for parameter in model.parameters()) * 0.0, {}
             audio, pad_mask, labels = audio[keep], pad_mask[keep], labels[keep]
         audio, pad_mask = cut_to_speech(audio, pad_mask)
         audio, pad_mask = augment_waveforms(audio, pad_mask, args)
@@ -203,7 +205,10 @@ def main(argv: list[str] | None = None) -> dict:
                 rows = torch.tensor([found == name for found in engine_of], device=device)
                 if rows.any():
                     engine_counts += confusion_matrix(predictions[rows], labels[rows], num_classes=len(CLASSES))
-        return all_reduce_sum(counts), {name: all_reduce_sum(c) for name, c in per_engine.items() if c.sum() > 0}
+        # Every rank reduces every engine's matrix (a collective must be called alike on all ranks), then drops the
+        # engines the split does not have.
+        per_engine = {name: all_reduce_sum(engine_counts) for name, engine_counts in per_engine.items()}
+        return all_reduce_sum(counts), {name: c for name, c in per_engine.items() if c.sum() > 0}
 
     matrices: dict[str, list] = {}
 
