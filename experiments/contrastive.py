@@ -37,10 +37,9 @@ if __package__ in (None, ""):  # run as a file: python experiments/contrastive.p
 from experiments.common import (add_data_args, build_parser, check_args, classifier, per_rank_seed, run_summary,
                                 start_run, train_on_shards)
 from experiments.datasets import ensure_shards
-from experiments.spoken_digits import augment as augment_audio
-from experiments.spoken_digits import crop
 from perceiver import PerceiverIO
 from perceiver.adapters import ByteAdapter, PatchAdapter, SpectrogramAdapter
+from perceiver.augment import add_noise, crop, delay
 from perceiver.contrastive import ContrastiveModel, class_prototypes, prototype_accuracy, retrieval_recall
 from perceiver.data import make_loader
 
@@ -153,8 +152,9 @@ def model_inputs(batch: dict, dataset: PairedDataset, args, *, train: bool) -> t
     if "audio" in dataset.modalities:
         audio, pad_mask = batch["audio"].cpu(), batch["audio_pad_mask"].cpu()
         if train:
-            audio, pad_mask = augment_audio(audio, pad_mask, max_shift=round(args.audio_shift * SAMPLE_RATE),
-                                            snr_db=None if args.no_noise else args.snr_db)
+            audio, pad_mask = delay(audio, pad_mask, max_shift=round(args.audio_shift * SAMPLE_RATE))
+            if not args.no_noise:
+                audio = add_noise(audio, pad_mask, snr_db=args.snr_db)
         x["audio"], pad_masks["audio"] = crop(audio, pad_mask, round(args.max_duration * SAMPLE_RATE))
     if "caption" in dataset.modalities:
         x["caption"], pad_masks["caption"] = batch["text"].cpu(), batch["text_pad_mask"].cpu()

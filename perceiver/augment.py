@@ -1,12 +1,21 @@
 """Training-time augmentations of batches, with their pad masks kept right.
 
 Images (B, C, H, W): ``shift_and_flip``. Waveforms (B, T) with a trailing pad mask (B, T), True = padding:
-``change_speed``, ``delay``, ``add_noise``. Each draws from torch's global generator unless given a ``generator``,
-so a seeded run augments the same way every time.
+``change_speed``, ``delay``, ``add_noise`` (white, pink or brown), ``reverberate`` (synthetic rooms),
+``telephone_band`` (a phone line's band and codec), ``gain_and_tilt`` (level and microphone colour). Each draws
+from torch's global generator unless given a ``generator``, so a seeded run augments the same way every time; each
+leaves padding at 0 and keeps it trailing. ``crop`` and ``crop_to_speech`` cut waveforms to an adapter's longest
+input, in training and evaluation alike. The spectrogram-level augmentations (SpecAugment masks, vocal tract length
+perturbation) are options of ``perceiver.adapters.LogMelSpectrogram``.
+
+The filters come from ``scipy.signal`` (the ``data`` extra), imported where they are used.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -82,15 +91,206 @@ def delay(audio: Tensor, pad_mask: Tensor, *, max_shift: int,
     return shifted, pad_mask_from_lengths(lengths + shifts, length + max_shift)
 
 
-def add_noise(audio: Tensor, pad_mask: Tensor, *, snr_db: tuple[float, float],
+NOISE_COLORS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # the exponent b of a 1 / f**b power spectrum
+
+
+def _uniform(batch: int, bounds, name: str, generator) -> Tensor:
+    """``batch`` draws from U(low, high), float64 on the CPU; ``bounds`` is (low, high)."""
+    try:
+        low, high = (float(bound) for bound in bounds)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected two numbers (low, high), got {bounds!r}") from None
+    if not low <= high:
+        raise ValueError(f"{name}: expected low <= high, got ({low}, {high})")
+    return torch.rand(batch, generator=generator, dtype=torch.float64) * (high - low) + low
+
+
+def _chosen(batch: int, probability: float, generator) -> Tensor:
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"probability: expected a number in [0, 1], got {probability}")
+    return torch.rand(batch, generator=generator) < probability
+
+
+def _zero_padding(audio: Tensor, pad_mask: Tensor) -> Tensor:
+    return torch.where(pad_mask, torch.zeros((), dtype=audio.dtype, device=audio.device), audio)
+
+
+def colored_noise(batch: int, length: int, exponents: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    """Gaussian noise (batch, length), float64, whose power spectrum falls as 1 / f**exponent per row (0 white,
+    1 pink, 2 brown), each row scaled to unit mean power."""
+    white = torch.randn(batch, length, generator=generator, dtype=torch.float64)
+    spectrum = torch.fft.rfft(white, dim=1)
+    freqs = torch.fft.rfftfreq(length, dtype=torch.float64)
+    freqs[0] = freqs[1] if length > 1 else 1.0  # no infinite gain at DC
+    shaped = torch.fft.irfft(spectrum * freqs[None, :] ** (-exponents[:, None] / 2), n=length, dim=1)
+    return shaped / shaped.pow(2).mean(dim=1, keepdim=True).sqrt().clamp(min=1e-12)
+
+
+def add_noise(audio: Tensor, pad_mask: Tensor, *, snr_db: tuple[float, float], colors: tuple[str, ...] = ("white",),
               generator: torch.Generator | None = None) -> Tensor:
-    """White noise at a signal-to-noise ratio drawn uniformly from ``snr_db`` (dB) per waveform, over its real
-    samples only (the silences too, as a real microphone hears them); padding stays 0."""
+    """Noise of a colour drawn from ``colors`` (``"white"``, ``"pink"``, ``"brown"``) at a signal-to-noise ratio
+    drawn uniformly from ``snr_db`` (dB) per waveform, over its real samples only (the silences too, as a real
+    microphone hears them); padding stays 0."""
     lengths = _check_waveforms(audio, pad_mask)
-    real = torch.where(pad_mask, torch.zeros((), dtype=audio.dtype), audio)
-    power = real.pow(2).sum(dim=1) / lengths.clamp(min=1)
-    low, high = min(snr_db), max(snr_db)
-    snr = torch.rand(audio.shape[0], generator=generator).to(audio) * (high - low) + low
-    noise = torch.randn(audio.shape, generator=generator).to(audio)
-    noisy = real + torch.sqrt(power / 10 ** (snr / 10))[:, None] * noise
-    return torch.where(pad_mask, torch.zeros((), dtype=audio.dtype), noisy)
+    unknown = [color for color in colors if color not in NOISE_COLORS]
+    if not colors or unknown:
+        raise ValueError(f"colors: expected a non-empty subset of {tuple(NOISE_COLORS)}, got {tuple(colors)}")
+    batch, length = audio.shape
+    real = _zero_padding(audio, pad_mask)
+    power = real.double().pow(2).sum(dim=1).cpu() / lengths.cpu().clamp(min=1)
+    snr = _uniform(batch, snr_db, "snr_db", generator)
+    picks = torch.randint(0, len(colors), (batch,), generator=generator)
+    exponents = torch.tensor([NOISE_COLORS[colors[int(i)]] for i in picks], dtype=torch.float64)
+    noise = torch.randn(batch, length, generator=generator, dtype=torch.float64) if set(colors) == {"white"} else \
+        colored_noise(batch, length, exponents, generator=generator)
+    # Scaled to unit power over each waveform's real samples, so the SNR holds whatever the padding.
+    noise_real = torch.where(pad_mask.cpu(), torch.zeros((), dtype=torch.float64), noise)
+    noise_power = noise_real.pow(2).sum(dim=1) / lengths.cpu().clamp(min=1)
+    scale = torch.sqrt(power / 10 ** (snr / 10) / noise_power.clamp(min=1e-12))
+    return _zero_padding(real + (scale[:, None] * noise).to(audio), pad_mask)
+
+
+def room_impulse_responses(rt60: Tensor, *, sample_rate: int, generator: torch.Generator | None = None) -> Tensor:
+    """Synthetic room impulse responses (B, L), float64, unit energy: Gaussian noise under an exponential decay that
+    falls by 60 dB in ``rt60`` seconds (B,), the late reverberation of a diffuse room. L covers the longest."""
+    length = max(1, math.ceil(float(rt60.max()) * sample_rate))
+    t = torch.arange(length, dtype=torch.float64) / sample_rate
+    decay = torch.exp(-3.0 * math.log(10.0) * t[None, :] / rt60[:, None])  # amplitude: -60 dB at t = rt60
+    responses = torch.randn(len(rt60), length, generator=generator, dtype=torch.float64) * decay
+    return responses / responses.pow(2).sum(dim=1, keepdim=True).sqrt()
+
+
+def reverberate(audio: Tensor, pad_mask: Tensor, *, sample_rate: int, rt60: tuple[float, float] = (0.1, 0.7),
+                wet: tuple[float, float] = (0.1, 0.6), probability: float = 0.5,
+                generator: torch.Generator | None = None) -> Tensor:
+    """Play a random ``probability`` of the waveforms in a synthetic room: each is convolved with its own room
+    impulse response (``room_impulse_responses``, RT60 drawn from ``rt60`` seconds) and mixed with the dry signal,
+    ``(1 - w) dry + w reverberant`` with ``w`` drawn from ``wet``, at the same RMS. The reverberation of a waveform's
+    real samples stays within them (its lengths and pad mask do not change); padding stays 0."""
+    from scipy.signal import fftconvolve
+
+    _check_waveforms(audio, pad_mask)
+    batch = audio.shape[0]
+    if not min(rt60) > 0:
+        raise ValueError(f"rt60: expected positive seconds (low, high), got {tuple(rt60)}")
+    times, mix = _uniform(batch, rt60, "rt60", generator), _uniform(batch, wet, "wet", generator)
+    if not 0.0 <= min(wet) <= max(wet) <= 1.0:
+        raise ValueError(f"wet: expected fractions in [0, 1], got {tuple(wet)}")
+    chosen = _chosen(batch, probability, generator)
+    responses = room_impulse_responses(times, sample_rate=sample_rate, generator=generator)
+    if not chosen.any():
+        return _zero_padding(audio, pad_mask)
+    dry = _zero_padding(audio, pad_mask).double().cpu().numpy()
+    wet_signal = torch.from_numpy(fftconvolve(dry, responses.numpy(), axes=1)[:, : audio.shape[1]])
+    dry = torch.from_numpy(dry)
+    # The tail that rings past a waveform's end is cut there, before the level is matched.
+    wet_signal = torch.where(pad_mask.cpu(), torch.zeros((), dtype=torch.float64), wet_signal)
+    mixed = (1 - mix[:, None]) * dry + mix[:, None] * wet_signal
+    rms = lambda x: x.pow(2).sum(dim=1, keepdim=True).sqrt()  # noqa: E731
+    mixed = mixed * rms(dry) / rms(mixed).clamp(min=1e-12)
+    out = torch.where(chosen[:, None], mixed, dry).to(audio)
+    return _zero_padding(out, pad_mask)
+
+
+def mu_law(x: Tensor, bits: int = 8) -> Tensor:
+    """x in [-1, 1] through G.711-style mu-law companding and ``bits``-bit quantisation, and back."""
+    mu = 2**bits - 1
+    compressed = torch.sign(x) * torch.log1p(mu * x.abs().clamp(max=1.0)) / math.log1p(mu)
+    quantised = torch.round((compressed + 1) / 2 * mu) / mu * 2 - 1
+    return torch.sign(quantised) * ((1 + mu) ** quantised.abs() - 1) / mu
+
+
+def telephone_band(audio: Tensor, pad_mask: Tensor, *, sample_rate: int, probability: float = 0.5,
+                   band: tuple[float, float] = (300.0, 3400.0), generator: torch.Generator | None = None) -> Tensor:
+    """Send a random ``probability`` of the waveforms down a telephone line: a 4th-order Butterworth band-pass over
+    ``band`` Hz, down to 8 kHz and back (an anti-aliasing polyphase resampler; skipped when ``sample_rate`` is
+    8 kHz already) and 8-bit mu-law companding (G.711), at the waveform's own peak level. Lengths and the pad mask do
+    not change; padding stays 0."""
+    from scipy.signal import butter, resample_poly, sosfilt
+
+    _check_waveforms(audio, pad_mask)
+    low, high = band
+    if not 0 < low < high < sample_rate / 2:
+        raise ValueError(f"band: expected 0 < low < high < {sample_rate / 2} Hz, got {tuple(band)}")
+    chosen = _chosen(audio.shape[0], probability, generator)
+    if not chosen.any():
+        return _zero_padding(audio, pad_mask)
+    rows = chosen.nonzero()[:, 0]
+    signal = _zero_padding(audio, pad_mask).double().cpu().numpy()[rows.numpy()]
+    filtered = sosfilt(butter(4, (low, high), btype="bandpass", fs=sample_rate, output="sos"), signal, axis=1)
+    common = math.gcd(8000, sample_rate)
+    up, down = 8000 // common, sample_rate // common
+    line = torch.from_numpy(resample_poly(filtered, up, down, axis=1) if down != up else filtered)
+    # Companded at 8 kHz, as on the line, so that its quantisation noise stays within the band.
+    peak = line.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
+    line = (mu_law(line / peak) * peak).numpy()
+    if down != up:
+        line = resample_poly(line, down, up, axis=1)[:, : signal.shape[1]]
+        line = np.pad(line, ((0, 0), (0, signal.shape[1] - line.shape[1])))
+    out = _zero_padding(audio, pad_mask).clone()
+    out[rows.to(audio.device)] = torch.from_numpy(line).to(audio)
+    return _zero_padding(out, pad_mask)
+
+
+def gain_and_tilt(audio: Tensor, pad_mask: Tensor, *, gain_db: tuple[float, float] = (-20.0, 6.0),
+                  tilt: tuple[float, float] = (-0.6, 0.6), generator: torch.Generator | None = None) -> Tensor:
+    """A random level (``gain_db``, dB) and spectral tilt per waveform: the first-order filter
+    ``y[t] = x[t] - a x[t - 1]`` with ``a`` drawn from ``tilt`` (a > 0 brightens like a pre-emphasis or a thin
+    microphone, a < 0 darkens), scaled back to the waveform's RMS before the gain. Padding stays 0."""
+    from scipy.signal import lfilter
+
+    _check_waveforms(audio, pad_mask)
+    batch = audio.shape[0]
+    gains, slopes = _uniform(batch, gain_db, "gain_db", generator), _uniform(batch, tilt, "tilt", generator)
+    if not -1.0 < min(tilt) <= max(tilt) < 1.0:
+        raise ValueError(f"tilt: expected coefficients in (-1, 1), got {tuple(tilt)}")
+    signal = _zero_padding(audio, pad_mask).double().cpu().numpy()
+    tilted = torch.from_numpy(np.stack([lfilter([1.0, -float(a)], [1.0], row) for a, row in zip(slopes, signal)]))
+    tilted = torch.where(pad_mask.cpu(), torch.zeros((), dtype=torch.float64), tilted)  # before the level match
+    rms = lambda x: x.pow(2).sum(dim=1, keepdim=True).sqrt()  # noqa: E731
+    scale = rms(torch.from_numpy(signal)) / rms(tilted).clamp(min=1e-12) * 10 ** (gains[:, None] / 20)
+    return _zero_padding((tilted * scale).to(audio), pad_mask)
+
+
+def crop(audio: Tensor, pad_mask: Tensor, max_samples: int) -> tuple[Tensor, Tensor]:
+    """Keep the first ``max_samples`` samples (an adapter's longest input); padding stays trailing."""
+    _check_waveforms(audio, pad_mask)
+    if max_samples < 1:
+        raise ValueError(f"max_samples: expected a positive int, got {max_samples}")
+    return audio[:, :max_samples], pad_mask[:, :max_samples]
+
+
+def crop_to_speech(audio: Tensor, pad_mask: Tensor, *, max_samples: int, frame: int = 160,
+                   threshold_db: float = 40.0, margin: int = 2) -> tuple[Tensor, Tensor]:
+    """Cut each waveform to where it speaks, at most ``max_samples`` long, left-aligned with trailing padding.
+
+    Frames of ``frame`` samples within ``threshold_db`` of the waveform's loudest frame count as speech; the cut
+    runs from ``margin`` frames before the first to ``margin`` frames after the last. Where that is longer than
+    ``max_samples``, the ``max_samples`` window of most energy is kept. So a tightly trimmed clip, one with long
+    silences around the word and one at any level reach the model alike; a noisy clip whose noise lies within
+    ``threshold_db`` of its speech is cut only to the loudest window. Deterministic: for training and evaluation.
+    Returns waveforms (B, T') with T' <= max_samples and their trailing pad mask.
+    """
+    lengths = _check_waveforms(audio, pad_mask).tolist()
+    if max_samples < 1 or frame < 1 or margin < 0:
+        raise ValueError(f"max_samples, frame, margin: expected positive ints (margin >= 0), got {max_samples}, "
+                         f"{frame}, {margin}")
+    cuts = []
+    for row, length in zip(audio, lengths):
+        real = row[:length].double()
+        frames = max(1, math.ceil(length / frame))
+        energy = nn.functional.pad(real.pow(2), (0, frames * frame - length)).reshape(frames, frame).sum(dim=1)
+        loud = (energy >= energy.max() * 10 ** (-threshold_db / 10)).nonzero()[:, 0]
+        start = max(0, (int(loud[0]) - margin) * frame) if length else 0
+        end = min(length, (int(loud[-1]) + 1 + margin) * frame) if length else 0
+        if end - start > max_samples:
+            sums = torch.cat([real.new_zeros(1), real.pow(2).cumsum(dim=0)])
+            window = sums[start + max_samples: end + 1] - sums[start: end - max_samples + 1]
+            start += int(window.argmax())
+            end = start + max_samples
+        cuts.append(row[start:end])
+    new_lengths = torch.tensor([len(cut) for cut in cuts], device=audio.device)
+    out = audio.new_zeros(len(cuts), max(1, int(new_lengths.max())))
+    for i, cut in enumerate(cuts):
+        out[i, : len(cut)] = cut
+    return out, pad_mask_from_lengths(new_lengths, out.shape[1])

@@ -1,7 +1,7 @@
 """The experiment scripts end to end: tiny shards built on demand, a tiny model, a few steps, metrics and wandb.
 
-Also the pieces of the experiments that carry their own logic: the spoken-digit augmentation and the masked-byte
-windows, corruption and scores.
+Also the pieces of the experiments that carry their own logic: the spoken-digit adapters and augmentation flags and
+the masked-byte windows, corruption and scores (the augmentations themselves are tested in test_augment.py).
 """
 
 import argparse
@@ -50,22 +50,48 @@ def test_fashion_mnist_tiny_run(tmp_path, data):
     assert metrics["test_samples"] == 40 and 0.0 <= metrics["test_accuracy"] <= 1.0
 
 
-def test_spoken_digits_tiny_run_reports_held_out_voices_and_real_speech(tmp_path, data):
+def test_spoken_digits_tiny_run_reports_held_out_voices_engine_and_real_speech(tmp_path, data):
     metrics, wandb_run = run_experiment(spoken_digits, tmp_path / "run", data, "--limit", "20", "--num-bands", "2")
     assert metrics["test_samples"] == 20 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["engine_samples"] == 20 and 0.0 <= metrics["engine_accuracy"] <= 1.0
     assert metrics["real_samples"] == 10 and 0.0 <= metrics["real_accuracy"] <= 1.0  # all ten real recordings
+    assert len(metrics["real_predictions"]) == 10 and set(metrics["real_predictions"]) <= set("0123456789")
+    real_hits = sum(int(p) == digit for digit, p in enumerate(metrics["real_predictions"]))
+    assert real_hits == round(10 * metrics["real_accuracy"])
+    per_engine = [key for key in metrics if key.startswith("test_accuracy_")]
+    assert per_engine and all(0.0 <= metrics[key] <= 1.0 for key in per_engine)
+    matrices = json.loads((tmp_path / "run" / "confusion_matrices.json").read_text())
+    assert {split: sum(map(sum, m)) for split, m in matrices.items()} == {"test": 20, "engine": 20, "real": 10}
     images = {path.name.rsplit("_", 2)[0] for path in wandb_run.rglob("*.png")}
-    assert {"confusion_matrix", "real_confusion_matrix"} <= images
+    assert {"confusion_matrix", "engine_confusion_matrix", "real_confusion_matrix"} <= images
 
 
-def test_spoken_digits_input_flag_swaps_the_patch_shape():
-    # One second at 16 kHz: 98 frames (n_fft 400, hop 160), 25 time patches of 4 frames; 32 mel bins.
-    for name, tokens_per_time_patch, width in (("patches", 4, 4 * 8), ("time-frames", 1, 4 * 32)):
-        args = argparse.Namespace(input=name, patch_frames=4, patch_mels=8, n_mels=32, f_max=4000.0,
-                                  max_duration=1.0, embed_channels=8, num_bands=2)
-        adapter = spoken_digits.build_adapter(args)
-        patches, pad_mask = adapter.patchify(torch.randn(2, 16000), torch.zeros(2, 16000, dtype=torch.bool))
-        assert patches.shape == (2, 25 * tokens_per_time_patch, width) and pad_mask.shape == patches.shape[:2]
+def test_spoken_digits_trains_on_chosen_engines_with_time_frames_and_no_augmentation(tmp_path, data):
+    metrics, _ = run_experiment(spoken_digits, tmp_path / "run", data, "--limit", "20", "--num-bands", "2",
+                                "--input", "time-frames", "--engines", "espeak-ng", "sam", "--speed", "1", "1",
+                                "--no-gain-tilt", "--reverb", "0", "--telephone", "0", "--no-noise",
+                                "--warp", "0", "--time-masks", "0", "--freq-masks", "0")
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+
+
+def test_spoken_digits_input_flag_swaps_the_adapter():
+    # 1.2 s at 16 kHz: 118 frames (n_fft 400, hop 160); 30 time patches of 4 frames, 30 conv cells at stride 4.
+    base = dict(patch_frames=4, patch_mels=8, n_mels=32, f_max=4000.0, max_duration=1.2, embed_channels=8,
+                num_bands=2, conv_strides=(2, 2), warp=0.1, time_masks=2, time_mask_frames=10, freq_masks=2,
+                freq_mask_bins=4)
+    audio, pad_mask = torch.randn(2, 19200), torch.zeros(2, 19200, dtype=torch.bool)
+    for name, tokens in (("patches", 30 * 4), ("time-frames", 30), ("conv", 30)):
+        adapter = spoken_digits.build_adapter(argparse.Namespace(input=name, **base)).eval()
+        assert adapter.config["warp"] == 0.1 and adapter.config["time_masks"] == 2
+        out, out_mask = adapter(audio, pad_mask)
+        assert out.shape[:2] == (2, tokens) and out_mask.shape == (2, tokens)
+
+
+def test_spoken_digits_rejects_bad_augmentation_flags(tmp_path):
+    for flags, named in ((["--reverb", "1.5"], "--reverb"), (["--tilt", "1"], "--tilt"),
+                         (["--speed", "0", "1"], "--speed")):
+        with pytest.raises(SystemExit):
+            spoken_digits.main(["--out", str(tmp_path), *flags])
 
 
 def test_shakespeare_mlm_tiny_run_reports_model_and_unigram_scores(tmp_path, data):
@@ -78,44 +104,6 @@ def test_shakespeare_mlm_tiny_run_reports_model_and_unigram_scores(tmp_path, dat
 
 
 # ---------------------------------------------------------------------------------------------------- pieces
-
-
-def test_augment_delays_each_waveform_and_keeps_padding_trailing():
-    torch.manual_seed(0)
-    audio = torch.arange(1, 13, dtype=torch.float32).reshape(2, 6)
-    pad_mask = torch.tensor([[False] * 6, [False] * 3 + [True] * 3])
-    shifted, new_mask = spoken_digits.augment(audio, pad_mask, max_shift=4, snr_db=None)
-    assert shifted.shape == (2, 10)
-    for row, length in ((0, 6), (1, 3)):
-        real = (~new_mask[row]).sum()
-        delay = int(real) - length
-        assert 0 <= delay <= 4
-        assert torch.equal(shifted[row, :delay], torch.zeros(delay))
-        assert torch.equal(shifted[row, delay:real], audio[row, :length])
-        assert torch.equal(new_mask[row], torch.arange(10) >= real)  # trailing
-        assert torch.all(shifted[row, real:] == 0)
-
-
-def test_change_speed_stretches_each_waveform_by_its_factor():
-    torch.manual_seed(0)
-    audio = torch.sin(torch.arange(3 * 400, dtype=torch.float32).reshape(3, 400) / 10)
-    pad_mask = torch.arange(400)[None, :] >= torch.tensor([[400], [200], [40]])
-    slow, slow_mask = spoken_digits.change_speed(audio, pad_mask, speeds=(0.5, 0.5))
-    assert (~slow_mask).sum(dim=1).tolist() == [800, 400, 80] and slow.shape == (3, 800)
-    assert torch.equal(slow_mask, torch.arange(800)[None, :] >= torch.tensor([[800], [400], [80]]))  # trailing
-    assert torch.all(slow[slow_mask] == 0)
-    same, same_mask = spoken_digits.change_speed(audio, pad_mask, speeds=(1.0, 1.0))
-    assert torch.equal(same_mask, pad_mask) and torch.allclose(same * ~same_mask, audio * ~pad_mask)
-
-
-def test_augment_noise_has_the_asked_signal_to_noise_ratio():
-    torch.manual_seed(0)
-    audio = torch.randn(4, 20000, dtype=torch.float64).float()
-    pad_mask = torch.zeros(4, 20000, dtype=torch.bool)
-    noisy, _ = spoken_digits.augment(audio, pad_mask, max_shift=0, snr_db=(20.0, 20.0))
-    noise = (noisy - audio).double()
-    snr = 10 * torch.log10(audio.double().pow(2).mean(1) / noise.pow(2).mean(1))
-    assert torch.allclose(snr, torch.full_like(snr, 20.0), atol=0.2)
 
 
 def test_random_windows_cut_inside_the_real_bytes():

