@@ -22,6 +22,7 @@ import triton.language as tl
 
 from .forward import NOMINAL_BLOCK_M, dot_precision
 from .runtime import INTERPRET, Launcher, choose_num_splits, configs, head_dim_block, length_bucket
+from .tiles import batch_and_head, key_keep, load_rows, split_range, store_rows
 
 PREPROCESS_BLOCK_N = 16 if INTERPRET else 64
 REDUCE_BLOCK = 256 if INTERPRET else 1024
@@ -38,18 +39,24 @@ def _preprocess_kernel(
 ):
     query_block = tl.program_id(0)
     bh = tl.program_id(1)
-    b = (bh // num_heads).to(tl.int64)
-    h = (bh % num_heads).to(tl.int64)
+    b, h = batch_and_head(bh, num_heads)
     offs_n = query_block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     n_valid = offs_n < N
-    mask = n_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
-    offs_n64 = offs_n.to(tl.int64)
-    o = tl.load(Out + b * stride_ob + h * stride_oh + offs_n64[:, None] * stride_on + offs_d[None, :] * stride_od,
-                mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(dOut + b * stride_dob + h * stride_doh + offs_n64[:, None] * stride_don + offs_d[None, :] * stride_dod,
-                 mask=mask, other=0.0).to(tl.float32)
-    tl.store(Delta + bh.to(tl.int64) * N + offs_n, tl.sum(o * do, 1), mask=n_valid)
+    d_valid = offs_d < HEAD_DIM
+    o = load_rows(Out + b * stride_ob + h * stride_oh, offs_n, offs_d, stride_on, stride_od, n_valid, d_valid)
+    do = load_rows(dOut + b * stride_dob + h * stride_doh, offs_n, offs_d, stride_don, stride_dod, n_valid, d_valid)
+    tl.store(Delta + bh.to(tl.int64) * N + offs_n, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=n_valid)
+
+
+@triton.jit
+def _query_stats(Lse, Delta, bh64, offs_n, n_valid, N):
+    """The saved LSE and D of a block of queries. A query with no visible key (LSE = -inf) reads LSE = +inf, so
+    that its row of P = exp2(S - LSE) is 0 and it adds nothing to any gradient."""
+    lse = tl.load(Lse + bh64 * N + offs_n, mask=n_valid, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    delta = tl.load(Delta + bh64 * N + offs_n, mask=n_valid, other=0.0)
+    return lse, delta
 
 
 @triton.jit
@@ -67,24 +74,16 @@ def _dkdv_kernel(
 ):
     key_block = tl.program_id(0)
     bh = tl.program_id(1)
-    b = (bh // num_heads).to(tl.int64)
-    h = (bh % num_heads).to(tl.int64)
+    b, h = batch_and_head(bh, num_heads)
     bh64 = bh.to(tl.int64)
 
     offs_m = key_block * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_m64 = offs_m.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     m_valid = offs_m < M
     d_valid = offs_d < HEAD_DIM
-    kv_mask = m_valid[:, None] & d_valid[None, :]
-    k = tl.load(K + b * stride_kb + h * stride_kh + offs_m64[:, None] * stride_km + offs_d[None, :] * stride_kd,
-                mask=kv_mask, other=0.0)
-    v = tl.load(V + b * stride_vb + h * stride_vh + offs_m64[:, None] * stride_vm + offs_d[None, :] * stride_vd,
-                mask=kv_mask, other=0.0)
-    keep = m_valid
-    if HAS_MASK:
-        padding = tl.load(PadMask + b * stride_mask_b + offs_m64 * stride_mask_m, mask=m_valid, other=1)
-        keep = keep & (padding == 0)
+    k = load_rows(K + b * stride_kb + h * stride_kh, offs_m, offs_d, stride_km, stride_kd, m_valid, d_valid)
+    v = load_rows(V + b * stride_vb + h * stride_vh, offs_m, offs_d, stride_vm, stride_vd, m_valid, d_valid)
+    keep = key_keep(PadMask, b, offs_m, m_valid, stride_mask_b, stride_mask_m, HAS_MASK)
     # A block of keys that are all padding gets zero gradients without reading any query.
     n_end = tl.where(tl.max(keep.to(tl.int32), 0) > 0, N, 0)
 
@@ -94,14 +93,10 @@ def _dkdv_kernel(
     do_base = dOut + b * stride_dob + h * stride_doh
     for start_n in range(0, n_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        offs_n64 = offs_n.to(tl.int64)
         n_valid = offs_n < N
-        q_mask = n_valid[:, None] & d_valid[None, :]
-        q = tl.load(q_base + offs_n64[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
-        do = tl.load(do_base + offs_n64[:, None] * stride_don + offs_d[None, :] * stride_dod, mask=q_mask, other=0.0)
-        lse = tl.load(Lse + bh64 * N + offs_n, mask=n_valid, other=float("inf"))
-        lse = tl.where(lse == float("-inf"), float("inf"), lse)  # a query with no keys: P row = 0
-        delta = tl.load(Delta + bh64 * N + offs_n, mask=n_valid, other=0.0)
+        q = load_rows(q_base, offs_n, offs_d, stride_qn, stride_qd, n_valid, d_valid)
+        do = load_rows(do_base, offs_n, offs_d, stride_don, stride_dod, n_valid, d_valid)
+        lse, delta = _query_stats(Lse, Delta, bh64, offs_n, n_valid, N)
 
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * scale_log2
         p_t = tl.where(keep[:, None], tl.math.exp2(s_t - lse[None, :]), 0.0)
@@ -110,9 +105,8 @@ def _dkdv_kernel(
         ds_t = p_t * (dp_t - delta[None, :])
         dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
 
-    out_offsets = bh64 * M * HEAD_DIM + offs_m64[:, None] * HEAD_DIM + offs_d[None, :]
-    tl.store(dK + out_offsets, (dk * scale).to(dK.dtype.element_ty), mask=kv_mask)
-    tl.store(dV + out_offsets, dv.to(dV.dtype.element_ty), mask=kv_mask)
+    store_rows(dK + bh64 * M * HEAD_DIM, dk * scale, offs_m, offs_d, HEAD_DIM, 1, m_valid, d_valid)
+    store_rows(dV + bh64 * M * HEAD_DIM, dv, offs_m, offs_d, HEAD_DIM, 1, m_valid, d_valid)
 
 
 @triton.jit
@@ -132,49 +126,35 @@ def _dq_kernel(
     query_block = tl.program_id(0)
     bh = tl.program_id(1)
     split = tl.program_id(2)
-    b = (bh // num_heads).to(tl.int64)
-    h = (bh % num_heads).to(tl.int64)
+    b, h = batch_and_head(bh, num_heads)
     bh64 = bh.to(tl.int64)
 
     offs_n = query_block * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_n64 = offs_n.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     n_valid = offs_n < N
     d_valid = offs_d < HEAD_DIM
-    q_mask = n_valid[:, None] & d_valid[None, :]
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_n64[:, None] * stride_qn + offs_d[None, :] * stride_qd,
-                mask=q_mask, other=0.0)
-    do = tl.load(dOut + b * stride_dob + h * stride_doh + offs_n64[:, None] * stride_don + offs_d[None, :] * stride_dod,
-                 mask=q_mask, other=0.0)
-    lse = tl.load(Lse + bh64 * N + offs_n, mask=n_valid, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)
-    delta = tl.load(Delta + bh64 * N + offs_n, mask=n_valid, other=0.0)
+    q = load_rows(Q + b * stride_qb + h * stride_qh, offs_n, offs_d, stride_qn, stride_qd, n_valid, d_valid)
+    do = load_rows(dOut + b * stride_dob + h * stride_doh, offs_n, offs_d, stride_don, stride_dod, n_valid, d_valid)
+    lse, delta = _query_stats(Lse, Delta, bh64, offs_n, n_valid, N)
 
-    blocks_per_split = tl.cdiv(tl.cdiv(M, BLOCK_M), NUM_SPLITS)
-    start = split * blocks_per_split * BLOCK_M
-    end = tl.minimum(start + blocks_per_split * BLOCK_M, M)
+    start, end = split_range(split, NUM_SPLITS, M, BLOCK_M)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     dq = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for start_m in range(start, end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        offs_m64 = offs_m.to(tl.int64)
         m_valid = offs_m < end
-        kv_mask = m_valid[:, None] & d_valid[None, :]
-        k = tl.load(k_base + offs_m64[:, None] * stride_km + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_m64[:, None] * stride_vm + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
-        keep = m_valid
-        if HAS_MASK:
-            padding = tl.load(PadMask + b * stride_mask_b + offs_m64 * stride_mask_m, mask=m_valid, other=1)
-            keep = keep & (padding == 0)
+        k = load_rows(k_base, offs_m, offs_d, stride_km, stride_kd, m_valid, d_valid)
+        v = load_rows(v_base, offs_m, offs_d, stride_vm, stride_vd, m_valid, d_valid)
+        keep = key_keep(PadMask, b, offs_m, m_valid, stride_mask_b, stride_mask_m, HAS_MASK)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         p = tl.where(keep[None, :], tl.math.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
 
-    dq_ptrs = dQ + split.to(tl.int64) * stride_dq_split + bh64 * N * HEAD_DIM + offs_n64[:, None] * HEAD_DIM + offs_d[None, :]
-    tl.store(dq_ptrs, (dq * scale).to(dQ.dtype.element_ty), mask=q_mask)
+    store_rows(dQ + split.to(tl.int64) * stride_dq_split + bh64 * N * HEAD_DIM, dq * scale, offs_n, offs_d, HEAD_DIM, 1,
+               n_valid, d_valid)
 
 
 @triton.jit

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from .runtime import Launcher, choose_num_splits, configs, head_dim_block, length_bucket
+from .tiles import batch_and_head, key_keep, load_rows, split_range, store_rows
 
 # Block sizes used to estimate the grid for the split heuristic (the autotuner may pick others).
 NOMINAL_BLOCK_N = 128
@@ -44,21 +45,16 @@ def _attention_forward_kernel(
     query_block = tl.program_id(0)
     bh = tl.program_id(1)
     split = tl.program_id(2)
-    # 64-bit offsets: B·H·M·Dh passes 2^31 at Perceiver input lengths.
-    b = (bh // num_heads).to(tl.int64)
-    h = (bh % num_heads).to(tl.int64)
+    b, h = batch_and_head(bh, num_heads)
 
     offs_n = query_block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     n_valid = offs_n < N
     d_valid = offs_d < HEAD_DIM
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_n[:, None].to(tl.int64) * stride_qn + offs_d[None, :] * stride_qd
-    q = tl.load(q_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)
+    q = load_rows(Q + b * stride_qb + h * stride_qh, offs_n, offs_d, stride_qn, stride_qd, n_valid, d_valid)
 
-    # This program's chunk of keys: a whole number of key blocks, so every chunk but the last is full.
-    blocks_per_split = tl.cdiv(tl.cdiv(M, BLOCK_M), NUM_SPLITS)
-    start = split * blocks_per_split * BLOCK_M
-    end = tl.minimum(start + blocks_per_split * BLOCK_M, M)
+    # This program's chunk of keys.
+    start, end = split_range(split, NUM_SPLITS, M, BLOCK_M)
 
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
@@ -68,14 +64,9 @@ def _attention_forward_kernel(
     for start_m in range(start, end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_valid = offs_m < end
-        offs_m64 = offs_m.to(tl.int64)
-        kv_mask = m_valid[:, None] & d_valid[None, :]
-        k = tl.load(k_base + offs_m64[:, None] * stride_km + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_m64[:, None] * stride_vm + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
-        keep = m_valid
-        if HAS_MASK:
-            padding = tl.load(PadMask + b * stride_mask_b + offs_m64 * stride_mask_m, mask=m_valid, other=1)
-            keep = keep & (padding == 0)
+        k = load_rows(k_base, offs_m, offs_d, stride_km, stride_kd, m_valid, d_valid)
+        v = load_rows(v_base, offs_m, offs_d, stride_vm, stride_vd, m_valid, d_valid)
+        keep = key_keep(PadMask, b, offs_m, m_valid, stride_mask_b, stride_mask_m, HAS_MASK)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         s = tl.where(keep[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -90,9 +81,8 @@ def _attention_forward_kernel(
     has_keys = l_i > 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     lse = tl.where(has_keys, m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
-    o_ptrs = (Out + split.to(tl.int64) * stride_o_split + bh.to(tl.int64) * stride_o_bh
-              + offs_n[:, None].to(tl.int64) * stride_o_n + offs_d[None, :] * stride_o_d)
-    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=n_valid[:, None] & d_valid[None, :])
+    store_rows(Out + split.to(tl.int64) * stride_o_split + bh.to(tl.int64) * stride_o_bh, out, offs_n, offs_d,
+               stride_o_n, stride_o_d, n_valid, d_valid)
     tl.store(Lse + split.to(tl.int64) * stride_lse_split + bh.to(tl.int64) * stride_lse_bh + offs_n, lse, mask=n_valid)
 
 
@@ -112,7 +102,7 @@ def _combine_splits_kernel(
     offs_n = query_block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     n_valid = offs_n < N
-    mask = n_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
+    d_valid = offs_d < HEAD_DIM
 
     lse_max = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
     for split in range(0, num_splits):
@@ -125,15 +115,15 @@ def _combine_splits_kernel(
     for split in range(0, num_splits):
         lse_s = tl.load(PartialLse + split * stride_pl_split + bh * stride_pl_bh + offs_n, mask=n_valid, other=float("-inf"))
         weight = tl.math.exp2(lse_s - lse_max_safe)  # 0 for an empty or all-padding chunk
-        o_s = tl.load(Partial + split * stride_p_split + bh * stride_p_bh + offs_n[:, None] * stride_p_n + offs_d[None, :],
-                      mask=mask, other=0.0)
+        o_s = load_rows(Partial + split * stride_p_split + bh * stride_p_bh, offs_n, offs_d, stride_p_n, 1,
+                        n_valid, d_valid)
         total += weight
         acc += weight[:, None] * o_s
 
     has_keys = total > 0.0
     out = acc / tl.where(has_keys, total, 1.0)[:, None]
     lse = tl.where(has_keys, lse_max_safe + tl.math.log2(tl.where(has_keys, total, 1.0)), float("-inf"))
-    tl.store(Out + bh * stride_o_bh + offs_n[:, None] * stride_o_n + offs_d[None, :], out.to(Out.dtype.element_ty), mask=mask)
+    store_rows(Out + bh * stride_o_bh, out, offs_n, offs_d, stride_o_n, 1, n_valid, d_valid)
     tl.store(Lse + bh * stride_lse_bh + offs_n, lse, mask=n_valid)
 
 
