@@ -12,6 +12,10 @@ tile (no N × M buffer):
 
 A padded key has P = 0 and so zero dK and dV; a query with no unmasked key has LSE = -inf, which the kernels read as
 +inf so that its P row is 0 and its dQ (and its share of dK, dV) is 0, never NaN.
+
+Causal: the kernels mask exactly the (query, key) pairs the forward masked (``tiles.visible``) and skip the same
+blocks: dQ stops at the key where the forward stopped (``tiles.causal_key_end``), and a key block starts its walk at
+the query block of the first query that sees it (``tiles.causal_query_start``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import triton.language as tl
 
 from .forward import NOMINAL_BLOCK_M, dot_precision
 from .runtime import INTERPRET, Launcher, choose_num_splits, configs, head_dim_block, length_bucket
-from .tiles import batch_and_head, key_keep, load_rows, split_range, store_rows
+from .tiles import (
+    batch_and_head, causal_key_end, causal_query_start, key_keep, load_rows, split_range, store_rows, visible,
+)
 
 PREPROCESS_BLOCK_N = 16 if INTERPRET else 64
 REDUCE_BLOCK = 256 if INTERPRET else 1024
@@ -69,8 +75,8 @@ def _dkdv_kernel(
     stride_dob, stride_doh, stride_don, stride_dod,
     num_heads, N, M, scale, scale_log2,
     N_BUCKET, M_BUCKET,
-    HAS_MASK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     key_block = tl.program_id(0)
     bh = tl.program_id(1)
@@ -84,22 +90,26 @@ def _dkdv_kernel(
     k = load_rows(K + b * stride_kb + h * stride_kh, offs_m, offs_d, stride_km, stride_kd, m_valid, d_valid)
     v = load_rows(V + b * stride_vb + h * stride_vh, offs_m, offs_d, stride_vm, stride_vd, m_valid, d_valid)
     keep = key_keep(PadMask, b, offs_m, m_valid, stride_mask_b, stride_mask_m, HAS_MASK)
-    # A block of keys that are all padding gets zero gradients without reading any query.
+    # Causal: the query blocks before the first one that sees this block's first key are not visited. A block of
+    # keys that are all padding gets zero gradients without reading any query.
+    n_start = causal_query_start(key_block * BLOCK_M, N, M, BLOCK_N, CAUSAL)
     n_end = tl.where(tl.max(keep.to(tl.int32), 0) > 0, N, 0)
 
     dk = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     q_base = Q + b * stride_qb + h * stride_qh
     do_base = dOut + b * stride_dob + h * stride_doh
-    for start_n in range(0, n_end, BLOCK_N):
+    for start_n in range(n_start, n_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_valid = offs_n < N
         q = load_rows(q_base, offs_n, offs_d, stride_qn, stride_qd, n_valid, d_valid)
         do = load_rows(do_base, offs_n, offs_d, stride_don, stride_dod, n_valid, d_valid)
         lse, delta = _query_stats(Lse, Delta, bh64, offs_n, n_valid, N)
 
+        # The tile is transposed (keys × queries), so the query and key offsets are broadcast the other way round.
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * scale_log2
-        p_t = tl.where(keep[:, None], tl.math.exp2(s_t - lse[None, :]), 0.0)
+        p_t = tl.where(visible(offs_n[None, :], offs_m[:, None], keep[:, None], N, M, CAUSAL),
+                       tl.math.exp2(s_t - lse[None, :]), 0.0)
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
@@ -120,8 +130,8 @@ def _dq_kernel(
     stride_dq_split,
     num_heads, N, M, scale, scale_log2,
     N_BUCKET, M_BUCKET, NUM_SPLITS,
-    HAS_MASK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     query_block = tl.program_id(0)
     bh = tl.program_id(1)
@@ -137,18 +147,21 @@ def _dq_kernel(
     do = load_rows(dOut + b * stride_dob + h * stride_doh, offs_n, offs_d, stride_don, stride_dod, n_valid, d_valid)
     lse, delta = _query_stats(Lse, Delta, bh64, offs_n, n_valid, N)
 
+    # The same chunk and the same causal stop as the forward: a chunk wholly after these queries leaves dQ_s = 0.
     start, end = split_range(split, NUM_SPLITS, M, BLOCK_M)
+    loop_end = causal_key_end(query_block * BLOCK_N, end, N, M, BLOCK_N, CAUSAL)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     dq = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    for start_m in range(start, end, BLOCK_M):
+    for start_m in range(start, loop_end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_valid = offs_m < end
         k = load_rows(k_base, offs_m, offs_d, stride_km, stride_kd, m_valid, d_valid)
         v = load_rows(v_base, offs_m, offs_d, stride_vm, stride_vd, m_valid, d_valid)
         keep = key_keep(PadMask, b, offs_m, m_valid, stride_mask_b, stride_mask_m, HAS_MASK)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-        p = tl.where(keep[None, :], tl.math.exp2(s - lse[:, None]), 0.0)
+        p = tl.where(visible(offs_n[:, None], offs_m[None, :], keep[None, :], N, M, CAUSAL),
+                     tl.math.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
@@ -180,16 +193,17 @@ _DQ_CONFIGS = configs([
 _INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_M": 16}
 _dkdv = Launcher(
     _dkdv_kernel, configs=_DKDV_CONFIGS,
-    key=["N_BUCKET", "M_BUCKET", "HAS_MASK", "HEAD_DIM", "DOT_PRECISION"], interpreter_config=_INTERPRETER_CONFIG,
+    key=["N_BUCKET", "M_BUCKET", "HAS_MASK", "CAUSAL", "HEAD_DIM", "DOT_PRECISION"],
+    interpreter_config=_INTERPRETER_CONFIG,
 )
 _dq = Launcher(
     _dq_kernel, configs=_DQ_CONFIGS,
-    key=["N_BUCKET", "M_BUCKET", "NUM_SPLITS", "HAS_MASK", "HEAD_DIM", "DOT_PRECISION"],
+    key=["N_BUCKET", "M_BUCKET", "NUM_SPLITS", "HAS_MASK", "CAUSAL", "HEAD_DIM", "DOT_PRECISION"],
     interpreter_config=_INTERPRETER_CONFIG,
 )
 
 
-def attention_backward(q, k, v, pad_mask, out, lse, d_out, scale: float, num_splits: int | None):
+def attention_backward(q, k, v, pad_mask, out, lse, d_out, scale: float, num_splits: int | None, causal: bool = False):
     """Gradients (dq, dk, dv), contiguous, in the inputs' dtype. ``lse`` is the forward's base-2 LSE (B·H, N)."""
     batch, heads, n, head_dim = q.shape
     m = k.shape[2]
@@ -203,7 +217,8 @@ def attention_backward(q, k, v, pad_mask, out, lse, d_out, scale: float, num_spl
 
     mask_arg = q if pad_mask is None else pad_mask.view(torch.uint8)
     mask_strides = (0, 0) if pad_mask is None else pad_mask.stride()
-    common = dict(HAS_MASK=pad_mask is not None, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype))
+    common = dict(HAS_MASK=pad_mask is not None, CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=block_d,
+                  DOT_PRECISION=dot_precision(q.dtype))
     strides = (*q.stride(), *k.stride(), *v.stride(), *mask_strides, *d_out.stride())
     scale_log2 = scale * 1.4426950408889634
 

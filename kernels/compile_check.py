@@ -43,8 +43,8 @@ def kernels(dtype: str) -> dict[str, tuple]:
 
 
 def compile_config(kernel, config: triton.Config, pointers: dict, floats, *, dtype: str, head_dim: int, arch: int,
-                   has_mask: bool = True) -> dict:
-    constants = dict(config.kwargs, HAS_MASK=has_mask, HEAD_DIM=head_dim, BLOCK_D=head_dim_block(head_dim),
+                   has_mask: bool = True, causal: bool = False) -> dict:
+    constants = dict(config.kwargs, HAS_MASK=has_mask, CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=head_dim_block(head_dim),
                      DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
     for name in kernel.arg_names:
         if name.startswith("stride") and name.endswith("d"):

@@ -9,6 +9,12 @@ factor) so that every exponential is an ``exp2``; the saved LSE is therefore in 
 Split-KV: with S > 1 chunks, each (query block, batch·head, chunk) program writes an fp32 partial output and its LSE;
 ``_combine_splits_kernel`` merges them with weights 2^(lse_s - lse_total). A chunk with no unmasked key (empty, or
 all padding) has LSE = -inf and weight 0; a query with no unmasked key at all gets output 0 and LSE = -inf.
+
+Causal (queries aligned with the last N keys, query i sees key j iff j ≤ i + M - N): a query block stops its walk
+after the last key that its last query sees (``tiles.causal_key_end``), so the key blocks wholly after it are never
+loaded, and a chunk that lies wholly after it does no work and writes LSE = -inf (weight 0 in the combine). Within the
+blocks it visits, the causal mask is applied with the padding (``tiles.visible``). The first N - M queries of N > M
+see no key: output 0, LSE = -inf.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .runtime import Launcher, choose_num_splits, configs, head_dim_block, length_bucket
-from .tiles import batch_and_head, key_keep, load_rows, split_range, store_rows
+from .tiles import batch_and_head, causal_key_end, key_keep, load_rows, split_range, store_rows, visible
 
 # Block sizes used to estimate the grid for the split heuristic (the autotuner may pick others).
 NOMINAL_BLOCK_N = 128
@@ -37,8 +43,8 @@ def _attention_forward_kernel(
     stride_lse_split, stride_lse_bh,
     num_heads, N, M, scale_log2,
     N_BUCKET, M_BUCKET, NUM_SPLITS,
-    HAS_MASK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     # Axis 0 (query blocks) varies fastest, so programs that run together share one (batch, head): its K/V tiles
     # are read from L2 by all of them.
@@ -53,22 +59,23 @@ def _attention_forward_kernel(
     d_valid = offs_d < HEAD_DIM
     q = load_rows(Q + b * stride_qb + h * stride_qh, offs_n, offs_d, stride_qn, stride_qd, n_valid, d_valid)
 
-    # This program's chunk of keys.
+    # This program's chunk of keys, cut short (causal) after the last key that its last query sees.
     start, end = split_range(split, NUM_SPLITS, M, BLOCK_M)
+    loop_end = causal_key_end(query_block * BLOCK_N, end, N, M, BLOCK_N, CAUSAL)
 
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     m_i = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    for start_m in range(start, end, BLOCK_M):
+    for start_m in range(start, loop_end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_valid = offs_m < end
         k = load_rows(k_base, offs_m, offs_d, stride_km, stride_kd, m_valid, d_valid)
         v = load_rows(v_base, offs_m, offs_d, stride_vm, stride_vd, m_valid, d_valid)
         keep = key_keep(PadMask, b, offs_m, m_valid, stride_mask_b, stride_mask_m, HAS_MASK)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-        s = tl.where(keep[None, :], s, float("-inf"))
+        s = tl.where(visible(offs_n[:, None], offs_m[None, :], keep[None, :], N, M, CAUSAL), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # While a row has seen only masked keys its max is -inf; subtracting 0 instead keeps exp2 at 0, not NaN.
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -114,7 +121,8 @@ def _combine_splits_kernel(
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for split in range(0, num_splits):
         lse_s = tl.load(PartialLse + split * stride_pl_split + bh * stride_pl_bh + offs_n, mask=n_valid, other=float("-inf"))
-        weight = tl.math.exp2(lse_s - lse_max_safe)  # 0 for an empty or all-padding chunk
+        # 0 for a chunk with no visible unmasked key for this query: empty, all padding, or (causal) all after it.
+        weight = tl.math.exp2(lse_s - lse_max_safe)
         o_s = load_rows(Partial + split * stride_p_split + bh * stride_p_bh, offs_n, offs_d, stride_p_n, 1,
                         n_valid, d_valid)
         total += weight
@@ -135,7 +143,7 @@ _forward = Launcher(
         (128, 64, 8, 3), (128, 64, 4, 3), (128, 64, 8, 2), (128, 128, 8, 2),
         (64, 64, 4, 3), (64, 64, 8, 3), (64, 64, 4, 2), (64, 128, 4, 3),
     ]),
-    key=["N_BUCKET", "M_BUCKET", "NUM_SPLITS", "HAS_MASK", "HEAD_DIM", "DOT_PRECISION"],
+    key=["N_BUCKET", "M_BUCKET", "NUM_SPLITS", "HAS_MASK", "CAUSAL", "HEAD_DIM", "DOT_PRECISION"],
     interpreter_config={"BLOCK_N": 16, "BLOCK_M": 16},
 )
 
@@ -145,7 +153,9 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def attention_forward(q, k, v, pad_mask, scale: float, num_splits: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_forward(
+    q, k, v, pad_mask, scale: float, num_splits: int | None, causal: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward. Returns out (B, H, N, Dh) in q's dtype and the base-2 LSE (B·H, N) in fp32.
 
     Inputs are assumed checked (``interface.check_inputs``); they may be strided.
@@ -179,7 +189,8 @@ def attention_forward(q, k, v, pad_mask, scale: float, num_splits: int | None) -
         *q.stride(), *k.stride(), *v.stride(), *mask_strides, *o_strides, *lse_strides,
         heads, n, m, scale * 1.4426950408889634,
         length_bucket(n), length_bucket(m), num_splits,
-        HAS_MASK=pad_mask is not None, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype),
+        HAS_MASK=pad_mask is not None, CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=block_d,
+        DOT_PRECISION=dot_precision(q.dtype),
     )
     if num_splits > 1:
         _combine_splits_kernel[(triton.cdiv(n, COMBINE_BLOCK_N), batch * heads)](

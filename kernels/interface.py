@@ -73,11 +73,12 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None) -> No
 
 class _FusedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, pad_mask, scale, num_splits):
-        out, lse = attention_forward(q, k, v, pad_mask, scale, num_splits)
+    def forward(ctx, q, k, v, pad_mask, scale, causal, num_splits):
+        out, lse = attention_forward(q, k, v, pad_mask, scale, num_splits, causal)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.pad_mask = pad_mask  # not differentiable; kept off save_for_backward (bool)
         ctx.scale = scale
+        ctx.causal = causal
         ctx.num_splits = num_splits
         return out
 
@@ -85,8 +86,10 @@ class _FusedAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_out):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = attention_backward(q, k, v, ctx.pad_mask, out, lse, d_out, ctx.scale, ctx.num_splits)
-        return dq, dk, dv, None, None, None
+        dq, dk, dv = attention_backward(
+            q, k, v, ctx.pad_mask, out, lse, d_out, ctx.scale, ctx.num_splits, ctx.causal
+        )
+        return dq, dk, dv, None, None, None, None
 
 
 def attention(
@@ -96,6 +99,7 @@ def attention(
     pad_mask: Tensor | None = None,
     scale: float | None = None,
     *,
+    causal: bool = False,
     num_splits: int | None = None,
 ) -> Tensor:
     """softmax(scale · q kᵀ, ignoring padded keys) v, fused: no (N × M) score matrix is stored.
@@ -105,10 +109,16 @@ def attention(
     ``scale`` defaults to 1/sqrt(Dh). Returns (B, H, N, Dh) in q's dtype, differentiable in q, k and v; a query whose
     keys are all padding gets 0 and zero gradients.
 
+    ``causal=True`` aligns the queries with the last N keys: query i (0-based) sees key j iff j ≤ i + M − N, on top
+    of the padding. A query that sees no unpadded key (with N > M, the first N − M queries see none) gets 0 and zero
+    gradients. Key blocks wholly after a block of queries are skipped, not only masked.
+
     ``num_splits`` forces the number of key chunks of the split-KV forward (and of the dQ pass); by default the
     heuristic of ``perceiver.kernels.runtime.num_splits_heuristic`` picks it on CUDA, and 1 on the CPU.
     """
     check_inputs(q, k, v, pad_mask)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
     if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
         raise ValueError(f"num_splits: expected a positive int or None, got {num_splits!r}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
@@ -117,7 +127,7 @@ def attention(
     if b * h * n == 0 or m == 0:
         # Nothing to launch: no query, or no key (then every query is "fully masked" and gets 0).
         return _EmptyAttention.apply(q, k, v)
-    return _FusedAttention.apply(q, k, v, pad_mask, scale, num_splits)
+    return _FusedAttention.apply(q, k, v, pad_mask, scale, causal, num_splits)
 
 
 class _EmptyAttention(torch.autograd.Function):
