@@ -2,7 +2,8 @@
 
 Without CUDA they run under ``TRITON_INTERPRET=1`` (see ``conftest.py``), which is slow: shapes are tiny, but chosen
 so that lengths are not multiples of the blocks (16 under the interpreter), head dims are not powers of two, and N or
-M can be 1. The interpreter cannot run bf16 dots, so bf16 is tested on CUDA only.
+M can be 1. The interpreter cannot run bf16 dots, so bf16 is tested on CUDA only. Causal masks are checked against
+the same reference with N = M, N < M, N > M (queries that see no key), N = 1 and M = 1, with and without padding.
 """
 
 import json
@@ -28,17 +29,21 @@ DTYPES = [torch.float32, torch.float16] + ([] if INTERPRET else [torch.bfloat16]
 TOLERANCES = {torch.float32: (1e-4, 1e-5), torch.float16: (1e-2, 1e-2), torch.bfloat16: (5e-2, 5e-2)}
 
 
-def reference_attention(q, k, v, pad_mask, scale):
-    """Float64, one sample at a time over only its unpadded keys; a sample with no key gets 0. Differentiable."""
-    outputs = []
-    for b in range(q.shape[0]):
-        keep = torch.ones(k.shape[2], dtype=torch.bool) if pad_mask is None else ~pad_mask[b].cpu()
-        if keep.any():
-            scores = q[b] @ k[b][:, keep].transpose(-1, -2) * scale
-            outputs.append(scores.softmax(dim=-1) @ v[b][:, keep])
-        else:
-            outputs.append(torch.zeros_like(q[b]))
-    return torch.stack(outputs)
+def reference_attention(q, k, v, pad_mask, scale, causal=False):
+    """Float64 softmax over the keys each query sees: unpadded and, if causal, j <= i + M - N (queries aligned with
+    the last keys). A query that sees no key gets 0. Differentiable, without NaN."""
+    n, m = q.shape[2], k.shape[2]
+    visible = torch.ones(n, m, dtype=torch.bool)
+    if causal:
+        visible = torch.arange(m)[None, :] <= torch.arange(n)[:, None] + (m - n)
+    visible = visible.expand(q.shape[0], 1, n, m)
+    if pad_mask is not None:
+        visible = visible & ~pad_mask.cpu()[:, None, None, :]
+    scores = (q @ k.transpose(-1, -2) * scale).masked_fill(~visible, float("-inf"))
+    # A row with no visible key takes the softmax of zeros (not of -inf: NaN) and is then zeroed by the mask.
+    sees_a_key = visible.any(dim=-1, keepdim=True)
+    probs = scores.masked_fill(~sees_a_key, 0.0).softmax(dim=-1) * visible
+    return probs @ v
 
 
 def make_inputs(b, h, n, m, d, dtype, *, masked=True, seed=0):
@@ -55,16 +60,16 @@ def make_inputs(b, h, n, m, d, dtype, *, masked=True, seed=0):
     return [t.to(DEVICE, dtype) for t in (q, k, v, d_out)], pad_mask
 
 
-def run_both(q, k, v, d_out, pad_mask, *, scale=None, num_splits=None):
+def run_both(q, k, v, d_out, pad_mask, *, scale=None, causal=False, num_splits=None):
     """(output, dq, dk, dv) of the kernels and of the float64 reference."""
     leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
-    out = attention(*leaves, pad_mask, scale=scale, num_splits=num_splits)
+    out = attention(*leaves, pad_mask, scale=scale, causal=causal, num_splits=num_splits)
     out.backward(d_out)
     ours = [out.detach()] + [t.grad for t in leaves]
 
     reference_leaves = [t.detach().cpu().double().requires_grad_(True) for t in (q, k, v)]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    reference = reference_attention(*reference_leaves, None if pad_mask is None else pad_mask.cpu(), scale)
+    reference = reference_attention(*reference_leaves, pad_mask, scale, causal)
     reference.backward(d_out.cpu().double())
     return ours, [reference.detach()] + [t.grad for t in reference_leaves]
 
@@ -148,6 +153,79 @@ def test_strided_inputs():
     assert_matches_reference(ours, reference, torch.float32)
 
 
+# Causal: queries aligned with the last N keys, query i sees key j iff j <= i + M - N.
+CAUSAL_SHAPES = [
+    (1, 2, 19, 19, 16),  # N = M, past a block boundary
+    (2, 1, 20, 50, 16),  # N < M: the first query block skips the last key block
+    (2, 1, 37, 20, 8),  # N > M: the first 17 queries see no key, the first query block none at all
+    (2, 2, 1, 23, 24),  # one query: it sees every key
+    (1, 2, 5, 1, 16),  # one key: only the last query sees it
+]
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b, h, n, m, d", CAUSAL_SHAPES)
+def test_causal_with_padding_matches_float64_reference(b, h, n, m, d, dtype, num_splits):
+    (q, k, v, d_out), pad_mask = make_inputs(b, h, n, m, d, dtype, masked=m > 1)
+    ours, reference = run_both(q, k, v, d_out, pad_mask, causal=True, num_splits=num_splits)
+    assert_matches_reference(ours, reference, dtype)
+
+
+@pytest.mark.parametrize("b, h, n, m, d", CAUSAL_SHAPES)
+def test_causal_without_padding_matches_float64_reference(b, h, n, m, d):
+    (q, k, v, d_out), _ = make_inputs(b, h, n, m, d, torch.float32, masked=False)
+    ours, reference = run_both(q, k, v, d_out, None, causal=True, num_splits=2)
+    assert_matches_reference(ours, reference, torch.float32)
+
+
+@pytest.mark.parametrize("num_splits", [1, 2])
+def test_causal_queries_that_see_only_padding_get_zero_output_and_zero_finite_gradients(num_splits):
+    # N = 24 > M = 20: query i sees keys j <= i - 4, so queries 0..3 see none; with keys 0..4 of sample 0 padding,
+    # its queries 0..8 see only padding (and 9 sees key 5 only). Sample 1 is all padding.
+    (q, k, v, d_out), pad_mask = make_inputs(2, 2, 24, 20, 16, torch.float32)
+    pad_mask[0] = False
+    pad_mask[0, :5] = True
+    pad_mask[0, 12] = True
+    ours, reference = run_both(q, k, v, d_out, pad_mask, causal=True, num_splits=num_splits)
+    assert_matches_reference(ours, reference, torch.float32)
+    out, dq, dk, dv = ours
+    for name, t in (("out", out[0, :, :9]), ("dq", dq[0, :, :9]), ("out", out[1]), ("dq", dq[1]), ("dk", dk[1])):
+        assert torch.equal(t, torch.zeros_like(t)), name
+    assert (out[0, :, 9:].abs().sum(-1) > 0).all() and dq[0, :, 9:].abs().sum() > 0
+    assert torch.equal(dk[0][:, pad_mask[0]], torch.zeros_like(dk[0][:, pad_mask[0]]))
+    assert torch.equal(dv[0][:, pad_mask[0]], torch.zeros_like(dv[0][:, pad_mask[0]]))
+
+
+@pytest.mark.skipif(not INTERPRET, reason="needs the interpreter's fixed blocks of 16")
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # the tiles that are loaded
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_causal_skips_wholly_masked_blocks(num_splits):
+    # With N = M = 48 in blocks of 16, query block i sees key blocks 0..i only. A NaN in a K or V tile that is
+    # loaded reaches the result even where masked (0 · NaN = NaN), so finite results show which tiles were skipped.
+    from perceiver.kernels.forward import _forward
+
+    assert _forward.interpreter_config == {"BLOCK_N": 16, "BLOCK_M": 16}
+    (q, k, v, d_out), _ = make_inputs(1, 1, 48, 48, 16, torch.float32, masked=False)
+    _, (reference_out, reference_dq, reference_dk, reference_dv) = run_both(q, k, v, d_out, None, causal=True)
+    tolerance = dict(rtol=1e-4, atol=1e-5)
+
+    # Keys 32..47 (key block 2) are NaN: the forward and dQ of query blocks 0 and 1 must not load them.
+    k_nan, v_nan = k.clone(), v.clone()
+    k_nan[:, :, 32:] = float("nan")
+    v_nan[:, :, 32:] = float("nan")
+    (out, dq, _, _), _ = run_both(q, k_nan, v_nan, d_out, None, causal=True, num_splits=num_splits)
+    torch.testing.assert_close(out[:, :, :32].double(), reference_out[:, :, :32], **tolerance)
+    torch.testing.assert_close(dq[:, :, :32].double(), reference_dq[:, :, :32], **tolerance)
+
+    # Queries 0..15 (query block 0) are NaN: dK and dV of key blocks 1 and 2 must not load them.
+    q_nan = q.clone()
+    q_nan[:, :, :16] = float("nan")
+    (_, _, dk, dv), _ = run_both(q_nan, k, v, d_out, None, causal=True, num_splits=num_splits)
+    torch.testing.assert_close(dk[:, :, 16:].double(), reference_dk[:, :, 16:], **tolerance)
+    torch.testing.assert_close(dv[:, :, 16:].double(), reference_dv[:, :, 16:], **tolerance)
+
+
 def test_no_key_gives_zero_output_and_gradients():
     (q, k, v, _), _ = make_inputs(1, 2, 3, 0, 16, torch.float32, masked=False)
     q.requires_grad_(True)
@@ -213,6 +291,11 @@ def test_bad_inputs_raise_clear_errors_before_launch(change, error, match):
 def test_bad_num_splits_raises():
     with pytest.raises(ValueError, match="num_splits: expected a positive int"):
         attention(*_inputs_for_errors(), num_splits=0)
+
+
+def test_bad_causal_raises():
+    with pytest.raises(TypeError, match="causal: expected a bool, got str"):
+        attention(*_inputs_for_errors(), causal="yes")
 
 
 def test_num_splits_heuristic():
