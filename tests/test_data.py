@@ -381,6 +381,20 @@ def test_cli_builds_shards(tmp_path, capsys):
                              "spoken-letters", "emoji"}
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--split", "dev"], "argument --split: fashion-mnist has splits train, test, got 'dev'"),
+    (["--limit", "0"], "argument --limit: expected a positive number of samples, got 0"),
+    (["--shard-size", "-1"], "argument --shard-size: expected a positive number of samples, got -1"),
+])
+def test_cli_reports_a_bad_argument_as_a_usage_error(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["build", "fashion-mnist", "--out", str(tmp_path), *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ") and f"error: {message}" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_reader_resyncs_past_a_damaged_header_whose_data_holds_zero_blocks(tmp_path):
     from perceiver.data.shards import iter_members
 
