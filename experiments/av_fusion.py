@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         metrics = {}
         for name, count in counts.items():
             metrics.update(confusion_metrics(all_reduce_sum(count), list(CLASSES), prefix=f"{name}/",
-                                             figure=run.tracker.active and name == "both"))
+                                             figure=run.tracker.saves_figures and name == "both"))
         return metrics
 
     result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
             frames += (~frame_pad).sum(dim=1).tolist()
             if gap is None:
                 gap = padding_gap(model, front, batch, device)
-        return {**confusion_metrics(all_reduce_sum(counts), list(CLASSES), figure=run.tracker.active),
+        return {**confusion_metrics(all_reduce_sum(counts), list(CLASSES), figure=run.tracker.saves_figures),
                 "padding_max_abs_logit_gap": gap, "min_frames": min(frames), "max_frames": max(frames)}
 
     result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)

@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         for split, prefix in EVALUATIONS:
             counts, per_engine = split_counts(model, split)
             matrices[split] = counts.tolist()
-            metrics.update(confusion_metrics(counts, list(CLASSES), figure=run.tracker.active, prefix=prefix))
+            metrics.update(confusion_metrics(counts, list(CLASSES), figure=run.tracker.saves_figures, prefix=prefix))
             if split == "test":
                 for name, engine_counts in per_engine.items():
                     metrics[f"test_accuracy_{name}"] = float(engine_counts.diagonal().sum() / engine_counts.sum())

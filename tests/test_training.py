@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -193,6 +194,26 @@ def test_the_loop_clips_gradients_before_the_optimizer_step(tmp_path):
         handle.remove()
     assert len(norms) == 3
     assert all(n == pytest.approx(0.5, rel=1e-4) for n in norms)  # clipped: the raw norms are in the hundreds
+
+
+def test_without_a_progress_bar_each_log_step_prints_a_plain_line(tmp_path, capsys):
+    train(tiny_model(), config=quiet_config(max_steps=4, log_every=2), out_dir=tmp_path,
+          make_batches=epoch_batches(batches_per_epoch=5), loss_fn=classification_loss,
+          evaluate=lambda model: {"accuracy": 0.5})
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["step 2/4", "step 4/4", "step 4"]
+    assert re.fullmatch(r"step 2/4: loss \d+\.\d{4}, lr \d\.\d\de[-+]\d+, \d+\.\d\d steps/s", lines[0])
+    assert lines[2] == "step 4: accuracy 0.5000" and err == ""
+
+
+def test_with_a_progress_bar_the_eval_line_stands_alone_and_the_bar_shows_the_loss(tmp_path, capsys):
+    train(tiny_model(), config=quiet_config(max_steps=3, log_every=100, progress=True), out_dir=tmp_path,
+          make_batches=epoch_batches(batches_per_epoch=5), loss_fn=classification_loss,
+          evaluate=lambda model: {"accuracy": 0.5})
+    out, err = capsys.readouterr()
+    assert out == "step 3: accuracy 0.5000\n"      # a line of its own (tqdm.write), no per-step lines beside a bar
+    assert re.search(r"loss=\d+\.\d{4}", err)       # the bar's postfix
 
 
 def test_lamb_matches_a_float64_reference():
@@ -420,7 +441,68 @@ def test_synthetic_experiment_resumes_from_its_checkpoint(tmp_path, capsys):
     resumed = synthetic_demo.main([*args, "--max-steps", "2", "--resume"])
     assert "at step 2 (epoch 0, batch 2)" in capsys.readouterr().out
     assert resumed["steps"] == 2 and resumed["test_accuracy"] == first["test_accuracy"]  # evaluated again, same weights
-    assert not (out / "wandb").exists()  # disabled means nothing written
+    assert not (out / "wandb").exists()  # disabled means nothing written to wandb
+    # ... but the figures are kept whatever the wandb mode
+    assert {p.name for p in (out / "figures").iterdir()} == {"eval_confusion_matrix.png", "eval_attention_map.png"}
+    assert (out / "figures" / "eval_confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tracker_writes_figures_in_every_mode_but_only_on_the_main_rank(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    main = Tracker(out_dir=tmp_path / "main", config={}, mode="disabled")
+    other = Tracker(out_dir=tmp_path / "other", config={}, mode="disabled", enabled=False)
+    assert main.saves_figures and not other.saves_figures
+    for tracker in (main, other):
+        tracker.log({"eval/both/confusion matrix": plt.figure(), "eval/loss": 1.0}, step=3)
+    assert [p.name for p in (tmp_path / "main" / "figures").iterdir()] == ["eval_both_confusion_matrix.png"]
+    assert not (tmp_path / "other").exists()
+    assert not plt.get_fignums()  # logged figures are closed
+
+
+def test_wandb_settings_follow_its_environment_when_the_flags_are_absent(monkeypatch, capsys):
+    from experiments.common import build_parser, check_args
+
+    parser = build_parser("test", name="test")
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    args = parser.parse_args([])
+    check_args(parser, args)
+    assert (args.wandb, args.wandb_project, args.wandb_entity) == ("offline", "perceiver-triton", None)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_PROJECT", "theirs")
+    monkeypatch.setenv("WANDB_ENTITY", "team")
+    args = parser.parse_args([])
+    check_args(parser, args)
+    assert (args.wandb, args.wandb_project, args.wandb_entity) == ("disabled", "theirs", "team")
+    args = parser.parse_args(["--wandb", "online", "--wandb-project", "mine", "--wandb-entity", "me"])
+    check_args(parser, args)
+    assert (args.wandb, args.wandb_project, args.wandb_entity) == ("online", "mine", "me")  # the flags win
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(SystemExit) as exit_:
+        check_args(parser, parser.parse_args([]))
+    assert exit_.value.code == 2
+    assert "WANDB_MODE: expected one of ('online', 'offline', 'disabled'), got 'sometimes'" in capsys.readouterr().err
+
+
+def test_tracker_passes_wandb_its_entity_project_and_dir(tmp_path, monkeypatch):
+    import wandb
+
+    calls = []
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setenv("WANDB_PROJECT", "theirs")
+    monkeypatch.setenv("WANDB_ENTITY", "team")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-here"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    Tracker(out_dir=tmp_path / "out", config={})
+    assert calls[-1]["mode"] == "offline" and calls[-1]["project"] == "theirs" and calls[-1]["entity"] == "team"
+    assert calls[-1]["dir"] == str(tmp_path / "wandb-here")
+    monkeypatch.delenv("WANDB_DIR")
+    Tracker(out_dir=tmp_path / "out", config={}, project="mine", entity="me")
+    assert (calls[-1]["project"], calls[-1]["entity"], calls[-1]["dir"]) == ("mine", "me", str(tmp_path / "out"))
 
 
 def test_a_failing_wandb_log_warns_once_and_training_goes_on(tmp_path, monkeypatch):

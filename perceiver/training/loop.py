@@ -247,14 +247,14 @@ def train(
         model.train()
         numbers = reduce_numbers(values, device)
         extras = {k: v for k, v in values.items() if k not in numbers}
-        if is_main:
-            print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
+        if is_main:  # tqdm.write: on a line of its own, above the progress bar
+            tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
         tracker.log({f"eval/{k}": v for k, v in {**numbers, **extras}.items()}, step=step)
         return numbers
 
     result = TrainResult(step=step)
-    progress = tqdm(total=config.max_steps, initial=step, desc="training", unit="step",
-                    disable=not (is_main and config.progress))
+    show_bar = is_main and config.progress
+    progress = tqdm(total=config.max_steps, initial=step, desc="training", unit="step", disable=not show_bar)
     # Sums since the last log, kept on the device so that logging, not every step, synchronises with the GPU.
     loss_sum, samples, corrupt = torch.zeros((), device=device, dtype=torch.float64), 0, 0
     metric_sums: dict[str, torch.Tensor] = {}
@@ -288,6 +288,8 @@ def train(
         loss_sum += loss.detach().double()
         for name, value in metrics.items():
             metric_sums[name] = metric_sums.get(name, 0.0) + torch.as_tensor(value, device=device).detach().double()
+        if show_bar:  # the mean loss since the last log step, so the bar moves every step (one sync a step)
+            progress.set_postfix(loss=f"{float(loss_sum) / window_steps:.4f}", lr=f"{lr:.2e}", refresh=False)
         progress.update(1)
 
         last = step == config.max_steps or out_of_time
@@ -298,7 +300,9 @@ def train(
             totals = distributed.all_reduce_sum(torch.tensor([samples, corrupt], dtype=torch.float64, device=device))
             corrupt_total += int(totals[1])
             result.losses.append((step, reduced["loss"]))
-            progress.set_postfix(loss=f"{reduced['loss']:.4f}", lr=f"{lr:.2e}")
+            if is_main and not config.progress:  # no bar (e.g. cluster logs): one plain line per log step
+                tqdm.write(f"step {step}/{config.max_steps}: loss {reduced['loss']:.4f}, lr {lr:.2e}, "
+                           f"{window_steps / max(elapsed, 1e-9):.2f} steps/s")
             tracker.log({**{f"train/{k}": v for k, v in reduced.items()}, "train/lr": lr,
                          "train/grad_norm": grad_norm.item(), "train/samples_per_second": float(totals[0]) / elapsed,
                          "data/corrupt_samples": corrupt_total}, step=step)
