@@ -244,6 +244,23 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.equal(loaded["weights"], torch.arange(6.0))
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_files_follow_the_umask(tmp_path, umask):
+    from experiments.common import write_metrics
+
+    previous = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / LATEST, {"step": 1})
+        tiny_model().save_pretrained(tmp_path / "model")
+        write_metrics(tmp_path, {"steps": 1})
+    finally:
+        os.umask(previous)
+    saved = [tmp_path / LATEST, tmp_path / "model" / "config.json", tmp_path / "model" / "model.safetensors",
+             tmp_path / "metrics.json"]
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in saved} == {
+        path.name: oct(0o666 & ~umask) for path in saved}
+
+
 @pytest.mark.parametrize("crash_in", ["fsync", "replace"])
 def test_a_crash_mid_write_keeps_the_previous_latest(tmp_path, monkeypatch, crash_in):
     path = tmp_path / LATEST
@@ -253,7 +270,7 @@ def test_a_crash_mid_write_keeps_the_previous_latest(tmp_path, monkeypatch, cras
         raise KeyboardInterrupt("killed mid-write")
 
     # fsync: the new bytes are in a temporary file, not yet durable; replace: about to be renamed over `latest`.
-    monkeypatch.setattr(f"perceiver.training.checkpoint.os.{crash_in}", crash)
+    monkeypatch.setattr(f"perceiver.files.os.{crash_in}", crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, {"step": 2, "weights": torch.full((1000,), 2.0)})
     monkeypatch.undo()
