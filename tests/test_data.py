@@ -381,6 +381,31 @@ def test_cli_builds_shards(tmp_path, capsys):
                              "spoken-letters", "emoji"}
 
 
+def test_a_build_records_its_limit_and_a_run_asking_for_another_rebuilds(tmp_path, capsys):
+    from experiments.datasets import ensure_shards
+    from perceiver.data import read_manifest
+
+    directory = tmp_path / "fashion-mnist"
+    first = ensure_shards("fashion-mnist", tmp_path, ("test",), limit=5)
+    assert read_manifest(directory, "fashion-mnist", "test") == {
+        "dataset": "fashion-mnist", "split": "test", "limit": 5, "samples": 5, "shards": 1, "shard_size": 1000,
+        "seed": 0}
+    assert "building fashion-mnist/test shards" in capsys.readouterr().out
+    assert ensure_shards("fashion-mnist", tmp_path, ("test",), limit=5) == first
+    assert capsys.readouterr().out == ""                    # the same limit: used as they are
+    ensure_shards("fashion-mnist", tmp_path, ("test",), limit=7)
+    out = capsys.readouterr().out
+    assert "they were built with --limit 5 (5 samples), this run asks for --limit 7" in out
+    assert read_manifest(directory, "fashion-mnist", "test")["samples"] == 7
+    from perceiver.data.shards import iter_raw_samples
+
+    paths = find_shards(directory, "fashion-mnist", "test")
+    assert sum(1 for path in paths for _ in iter_raw_samples(path, lambda *problem: None)) == 7
+    (directory / "fashion-mnist-test.json").unlink()         # shards from before manifests: used, with a note
+    ensure_shards("fashion-mnist", tmp_path, ("test",), limit=None)
+    assert "have no manifest" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, message", [
     (["--split", "dev"], "argument --split: fashion-mnist has splits train, test, got 'dev'"),
     (["--limit", "0"], "argument --limit: expected a positive number of samples, got 0"),
