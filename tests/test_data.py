@@ -10,6 +10,7 @@ import shutil
 import tarfile
 import warnings
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from perceiver.data import (
     get_source, make_loader,
 )
 from perceiver.data.__main__ import main as cli_main
+from perceiver.data.loader import required_fields
 from perceiver.data.sources.espeak import synthesizer
 from perceiver.data.sources.spoken_digits import split_variants
 
@@ -356,8 +358,34 @@ def test_corrupt_counts_reach_the_batch_from_the_worker_that_skipped(one_shard, 
 def test_missing_shards_raise_with_the_build_command(tmp_path):
     with pytest.raises(MissingShardsError, match="python -m perceiver.data build fashion-mnist"):
         find_shards(tmp_path, "fashion-mnist", "train")
-    with pytest.raises(MissingShardsError, match="do not exist"):
+    with pytest.raises(MissingShardsError, match="do not exist.*build them with: python -m perceiver.data build NAME"):
         make_loader([str(tmp_path / "nope-000000.tar")], batch_size=2)
+    pattern = str(tmp_path / "fashion-mnist-test-{000000..000002}.tar")
+    expected = (f"3 of 3 local path\\(s\\) do not exist, first {tmp_path}/fashion-mnist-test-000000.tar; build them "
+                f"with: python -m perceiver.data build fashion-mnist --out {tmp_path} --split test")
+    with pytest.raises(MissingShardsError, match=expected):
+        make_loader(pattern, batch_size=2)
+
+
+def test_make_loader_takes_any_webdataset_url(built):
+    """Brace patterns, pipe: URLs, file: URLs, "::" lists and lists of them read the same samples as the paths."""
+    paths = [str(path) for path in built("fashion-mnist", "test")]
+    assert len(paths) == 3
+    directory = Path(paths[0]).parent
+    expected = keys_of(read_all(paths))
+    brace = str(directory / "fashion-mnist-test-{000000..000002}.tar")
+    for shards in (brace, [brace], Path(paths[0]).parent / "fashion-mnist-test-{000000..000002}.tar",
+                   [f"pipe:cat {path}" for path in paths], "::".join(paths),
+                   [f"file://{paths[0]}", f"pipe:cat {paths[1]}", paths[2]]):
+        assert keys_of(read_all(shards)) == expected, shards
+    assert required_fields("pipe:cat /x/fashion-mnist-test-000000.tar") == ("png", "cls", "json")
+
+
+def test_an_unreadable_remote_shard_is_reported_and_skipped(built):
+    paths = [str(path) for path in built("fashion-mnist", "test")]
+    with pytest.warns(CorruptSampleWarning, match="whole shard"):
+        batches = read_all(["pipe:exit 3", *paths])
+    assert sum(b["corrupt"] for b in batches) == 1 and len(keys_of(batches)) == LIMIT
 
 
 def test_missing_sources_raise_with_the_install_command(tmp_path, monkeypatch):
