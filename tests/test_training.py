@@ -345,6 +345,39 @@ def test_resume_continues_bitwise_with_dropout(tmp_path, one_thread):
     assert other.losses != uninterrupted.losses[:2]
 
 
+class LrRecorder(Tracker):
+    def __init__(self, out_dir):
+        super().__init__(out_dir=out_dir, config={}, mode="disabled")
+        self.lrs = {}
+
+    def log(self, values, *, step):
+        if "train/lr" in values:
+            self.lrs[step] = values["train/lr"]
+
+
+def test_resume_with_more_steps_follows_the_longer_schedule(tmp_path, capsys):
+    """A finished 8-step run resumed with --max-steps 16 trains steps 9..16 at the lr of a 16-step run, not at the
+    8-step schedule's floor."""
+    fresh = LrRecorder(tmp_path / "fresh")
+    train(tiny_model(), config=quiet_config(max_steps=16), out_dir=tmp_path / "fresh", tracker=fresh,
+          make_batches=epoch_batches(batches_per_epoch=5), loss_fn=classification_loss)
+    train(tiny_model(), config=quiet_config(max_steps=8), out_dir=tmp_path / "run",
+          make_batches=epoch_batches(batches_per_epoch=5), loss_fn=classification_loss)
+    capsys.readouterr()
+    extended = LrRecorder(tmp_path / "run")
+    result = train(tiny_model(), config=quiet_config(max_steps=16, resume=True), out_dir=tmp_path / "run",
+                   tracker=extended, make_batches=epoch_batches(batches_per_epoch=5), loss_fn=classification_loss)
+    assert result.step == 16 and sorted(extended.lrs) == list(range(9, 17))
+    assert extended.lrs == pytest.approx({step: fresh.lrs[step] for step in range(9, 17)}, rel=1e-12)
+    assert extended.lrs[9] > 3 * quiet_config().lr * quiet_config().min_lr_ratio  # far above the old floor
+    printed = capsys.readouterr().out
+    assert "resume: the lr schedule changes (max_steps 8 -> 16)" in printed and "lr at step 8 3.000e-04 -> " in printed
+    # the same settings again: nothing to change, nothing printed
+    train(tiny_model(), config=quiet_config(max_steps=16, resume=True), out_dir=tmp_path / "run",
+          make_batches=epoch_batches(batches_per_epoch=5), loss_fn=classification_loss)
+    assert "lr schedule changes" not in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------------------------- DDP
 
 

@@ -154,6 +154,31 @@ def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float | None) -
     return nn.utils.clip_grad_norm_(list(parameters), math.inf if max_norm is None else max_norm)
 
 
+def adopt_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, config: TrainConfig, step: int) -> str | None:
+    """After a resume: give the restored schedule this run's length (``max_steps``, ``max_seconds``), warm-up and
+    floor, and set the optimizer's lr for ``step`` from it; returns what changed, or None when nothing did.
+
+    Without this, ``--resume`` with a larger ``--max-steps`` would train the extension at the old schedule's floor.
+    The schedule becomes the one a run started with this run's settings would have: the lr at ``step`` rises from
+    the old schedule's value to the new one's, then follows the new cosine to its floor at the new end.
+    """
+    schedule = scheduler.lr_lambdas[0]
+    wanted = {"max_steps": config.max_steps, "warmup_steps": config.warmup_steps,
+              "min_lr_ratio": config.min_lr_ratio, "max_seconds": config.max_seconds}
+    before = {name: getattr(schedule, name) for name in wanted}
+    if before == wanted:
+        return None
+    old_lr = scheduler.get_last_lr()[0]
+    for name, value in wanted.items():
+        setattr(schedule, name, value)  # elapsed_seconds, the clock of a time budget, is kept
+    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * schedule(step)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    changes = ", ".join(f"{name} {before[name]} -> {wanted[name]}" for name in wanted if before[name] != wanted[name])
+    return (f"resume: the lr schedule changes ({changes}); it now follows the schedule of these settings: lr at step "
+            f"{step} {old_lr:.3e} -> {scheduler.get_last_lr()[0]:.3e}")
+
+
 def reduce_numbers(values: dict[str, Any], device: torch.device) -> dict[str, float]:
     """Average the numeric entries over ranks (one all-reduce); non-numeric entries are dropped."""
     names = [k for k, v in values.items() if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)]
@@ -211,6 +236,9 @@ def train(
         if is_main:
             print(f"resuming from {checkpoint_path} at step {step} (epoch {position['epoch']}, "
                   f"batch {position['batches']})")
+        change = adopt_schedule(scheduler, config, step)
+        if change and is_main:
+            print(change)
     batches = BatchStream(make_batches, epoch=position["epoch"], consumed=position["batches"])
     if saved_rng is not None:
         if len(saved_rng) != world:
