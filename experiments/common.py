@@ -31,6 +31,7 @@ import torch
 
 from perceiver import PerceiverDecoder, PerceiverEncoder, PerceiverIO
 from perceiver.adapters import ClassificationOutput, ClassificationQuery
+from perceiver.threads import set_threads
 from perceiver.training import (
     LATEST,
     WANDB_MODES,
@@ -71,6 +72,8 @@ def build_parser(description: str, *, name: str, defaults: dict[str, Any] | None
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
     run.add_argument("--precision", choices=PRECISIONS, default="auto", help="autocast on CUDA; CPU runs in fp32")
     run.add_argument("--device", default=None, help="default: cuda (one GPU per torchrun process) if present, else cpu")
+    run.add_argument("--threads", type=int, default=None,
+                     help="CPU threads per process; default: OMP_NUM_THREADS if set, else the cores free at the start")
     run.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
     optimization = parser.add_argument_group("optimization")
@@ -118,6 +121,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--lr: expected a positive float, got {args.lr}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         parser.error(f"--max-minutes: expected a positive number, got {args.max_minutes}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads: expected a positive int, got {args.threads}")
     if args.wandb is None:  # recorded in the run's config as the mode actually used
         try:
             args.wandb = default_wandb_mode()
@@ -262,11 +267,14 @@ def start_run(args: argparse.Namespace, *, name: str) -> Run:
     With ``--resume`` the wandb run of the checkpoint continues, so its curves stay in one run.
     """
     context = setup_distributed(device=args.device)
+    threads, why = set_threads(args.threads)
+    if context.is_main:
+        print(f"CPU threads: {threads} ({why})")
     seed_everything(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    config.update(experiment=name, world_size=context.world_size, device=str(context.device),
+    config.update(experiment=name, threads=threads, world_size=context.world_size, device=str(context.device),
                   torch_version=str(torch.__version__))
     run_id = None
     if args.resume and (out / LATEST).is_file() and context.is_main:

@@ -20,7 +20,7 @@ def test_the_demo_trains_and_reports(capsys):
 
     result = main(["--steps", "3", "--batch-size", "4", "--num-latents", "8", "--num-latent-channels", "32"])
     printed = capsys.readouterr().out
-    assert "M parameters" in printed and "median train step" in printed
+    assert "M parameters" in printed and "median train step" in printed and "CPU thread(s) (" in printed
     assert result["parameters"] > 0 and result["median_step_seconds"] > 0
     assert 0.0 <= result["accuracy"] <= 1.0 and result["final_loss"] > 0
 
