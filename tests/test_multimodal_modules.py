@@ -217,7 +217,10 @@ def test_late_fusion_returns_each_branch_for_a_loss_of_its_own():
     image_log_probs, image_present = branches["image"]
     signal_log_probs, signal_present = branches["signal"]
     torch.testing.assert_close(image_log_probs, model.models["image"](x["image"]).log_softmax(-1))
-    torch.testing.assert_close(signal_log_probs, model.models["signal"](x["signal"]).log_softmax(-1))
+    # a sample that lacks the signal gets the branch's answer to a blank (zero) placeholder, whatever it held
+    blanked = torch.where(present[:, None, None], x["signal"], 0.0)
+    torch.testing.assert_close(signal_log_probs, model.models["signal"](blanked).log_softmax(-1))
+    torch.testing.assert_close(signal_log_probs[present], model.models["signal"](x["signal"]).log_softmax(-1)[present])
     assert image_present.all() and torch.equal(signal_present, present)
     torch.testing.assert_close(fused[1], image_log_probs[1])  # a sample without the signal is its image branch
     torch.testing.assert_close(fused, model({**x, "signal_present": present}))
