@@ -53,8 +53,8 @@ def test_the_wheel_holds_every_package_and_works_from_outside_the_repository(tmp
     wheels = tmp_path / "wheels"
     # build with this environment's setuptools where it has one (no download); a fresh venv on Python 3.12+ has none
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", *isolation, "-q", "-w", str(wheels)],
-                   check=True, cwd=tmp_path)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", *isolation, "-q",
+                    "-w", str(wheels)], check=True, cwd=tmp_path)
     (wheel,) = wheels.glob("*.whl")
     with zipfile.ZipFile(wheel) as archive:
         in_wheel = {str(Path(name).parent) for name in archive.namelist() if name.endswith("/__init__.py")}

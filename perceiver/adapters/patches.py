@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import torch
 from einops import rearrange
 from torch import Tensor, nn
 
