@@ -65,16 +65,17 @@ def build_parser(description: str, *, name: str, defaults: dict[str, Any] | None
     run.add_argument("--max-minutes", type=float, default=None,
                      help="training-time budget: stop when it is spent (or at --max-steps); the lr decays over it")
     run.add_argument("--wandb", choices=WANDB_MODES, default=None,
-                     help="wandb mode; default: $WANDB_MODE, else online when $WANDB_API_KEY is set, else offline")
-    run.add_argument("--wandb-project", default=None, help="default: $WANDB_PROJECT, else perceiver-triton")
-    run.add_argument("--wandb-entity", default=None, help="wandb team or user; default: $WANDB_ENTITY, else yours")
+                     help="wandb mode; when absent: $WANDB_MODE, else online when $WANDB_API_KEY is set, else offline")
+    run.add_argument("--wandb-project", default=None, help="when absent: $WANDB_PROJECT, else perceiver-triton")
+    run.add_argument("--wandb-entity", default=None, help="wandb team or user; when absent: $WANDB_ENTITY, else yours")
     run.add_argument("--resume", action="store_true", help="continue from DIR/latest.pt if it exists")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
     run.add_argument("--precision", choices=PRECISIONS, default="auto", help="autocast on CUDA; CPU runs in fp32")
     run.add_argument("--device", default=None, help="default: cuda (one GPU per torchrun process) if present, else cpu")
     run.add_argument("--threads", type=int, default=None,
-                     help="CPU threads per process; default: OMP_NUM_THREADS if set, else the cores free at the start")
-    run.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+                     help="CPU threads per process; when absent: $OMP_NUM_THREADS, else the cores free at the start")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no tqdm progress bar; a plain line per log step instead (for cluster logs)")
 
     optimization = parser.add_argument_group("optimization")
     optimization.add_argument("--batch-size", type=int, default=64, help="per process")
