@@ -40,6 +40,7 @@ from experiments.common import (add_data_args, build_encoder, build_parser, chec
 from experiments.datasets import ensure_shards
 from perceiver.adapters import MultimodalAdapter
 from perceiver.data import make_loader
+from perceiver.files import atomic_write
 from perceiver.fusion import HybridFusionClassifier, LateFusionClassifier, drop_modalities
 from perceiver.training.distributed import all_reduce_sum
 from perceiver.training.plots import confusion_matrix
@@ -142,12 +143,12 @@ def main(argv: list[str] | None = None) -> dict:
         metrics = {}
         for name, count in counts.items():
             metrics.update(confusion_metrics(all_reduce_sum(count), list(CLASSES), prefix=f"{name}/",
-                                             figure=run.tracker.active and name == "both"))
+                                             figure=run.tracker.saves_figures and name == "both"))
         return metrics
 
     result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)
     if run.context.is_main:
-        torch.save(model.state_dict(), run.out / "model.pt")
+        atomic_write(run.out / "model.pt", lambda path: torch.save(model.state_dict(), path))
     reported = {f"test_accuracy_{name}": result.eval_metrics.get(f"{name}/accuracy", float("nan"))
                 for name in conditions}
     return run.finish({

@@ -282,16 +282,11 @@ def main(argv: list[str] | None = None) -> dict:
             add("judge_accuracy_on_originals", judge(x["image"]).argmax(1) == labels)
         metrics = {key: value / max(1, seen) for key, value in sums.items()}
         metrics["samples"] = seen
-        if run.context.is_main:  # the latest grid is kept as a PNG, and goes to wandb with the metrics
+        if run.context.is_main:  # the latest grid is kept as a PNG, and goes to wandb and figures/ with the metrics
             figure = reconstruction_figure(torch.stack(grid_originals),
                                            {name: torch.stack(images) for name, images in grid_rows.items()})
             figure.savefig(run.out / "reconstructions.png", dpi=120)
-            if run.tracker.active:
-                metrics["reconstructions"] = figure
-            else:
-                import matplotlib.pyplot as plt
-
-                plt.close(figure)
+            metrics["reconstructions"] = figure
         return metrics
 
     result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)

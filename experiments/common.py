@@ -1,7 +1,8 @@
 """The command-line contract every experiment shares, and the few steps every experiment takes around ``train``.
 
 Every script accepts ``--out DIR``, ``--seed``, ``--max-steps`` (and ``--max-minutes``, a training-time budget),
-``--wandb {online,offline,disabled}`` (default offline unless ``WANDB_API_KEY`` is set), ``--batch-size``, ``--lr``,
+``--wandb {online,offline,disabled}`` (absent: ``WANDB_MODE``, else online when ``WANDB_API_KEY`` is set, else
+offline), ``--wandb-project``, ``--wandb-entity``, ``--batch-size``, ``--lr``,
 ``--resume``, ``--compile`` and the model size flags, and writes ``DIR/metrics.json`` (a flat JSON object of final metrics) with checkpoints in ``DIR``::
 
     parser = build_parser("what it does", name="my_task", defaults={"max_steps": 2000})
@@ -30,6 +31,7 @@ import torch
 
 from perceiver import PerceiverDecoder, PerceiverEncoder, PerceiverIO
 from perceiver.adapters import ClassificationOutput, ClassificationQuery
+from perceiver.threads import set_threads
 from perceiver.training import (
     LATEST,
     WANDB_MODES,
@@ -39,6 +41,7 @@ from perceiver.training import (
     atomic_write_bytes,
     cleanup_distributed,
     default_wandb_mode,
+    default_wandb_project,
     load_checkpoint,
     setup_distributed,
 )
@@ -61,14 +64,18 @@ def build_parser(description: str, *, name: str, defaults: dict[str, Any] | None
     run.add_argument("--max-steps", type=int, default=1000, help="optimizer steps in all")
     run.add_argument("--max-minutes", type=float, default=None,
                      help="training-time budget: stop when it is spent (or at --max-steps); the lr decays over it")
-    run.add_argument("--wandb", choices=WANDB_MODES, default=default_wandb_mode(),
-                     help="wandb mode (offline unless WANDB_API_KEY is set)")
-    run.add_argument("--wandb-project", default="perceiver-triton")
+    run.add_argument("--wandb", choices=WANDB_MODES, default=None,
+                     help="wandb mode; when absent: $WANDB_MODE, else online when $WANDB_API_KEY is set, else offline")
+    run.add_argument("--wandb-project", default=None, help="when absent: $WANDB_PROJECT, else perceiver-triton")
+    run.add_argument("--wandb-entity", default=None, help="wandb team or user; when absent: $WANDB_ENTITY, else yours")
     run.add_argument("--resume", action="store_true", help="continue from DIR/latest.pt if it exists")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
     run.add_argument("--precision", choices=PRECISIONS, default="auto", help="autocast on CUDA; CPU runs in fp32")
     run.add_argument("--device", default=None, help="default: cuda (one GPU per torchrun process) if present, else cpu")
-    run.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    run.add_argument("--threads", type=int, default=None,
+                     help="CPU threads per process; when absent: $OMP_NUM_THREADS, else the cores free at the start")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no tqdm progress bar; a plain line per log step instead (for cluster logs)")
 
     optimization = parser.add_argument_group("optimization")
     optimization.add_argument("--batch-size", type=int, default=64, help="per process")
@@ -115,6 +122,17 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--lr: expected a positive float, got {args.lr}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         parser.error(f"--max-minutes: expected a positive number, got {args.max_minutes}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads: expected a positive int, got {args.threads}")
+    if args.wandb is None:  # recorded in the run's config as the mode actually used
+        try:
+            args.wandb = default_wandb_mode()
+        except ValueError as error:
+            parser.error(f"--wandb is absent and {error}")
+    if args.wandb_project is None:
+        args.wandb_project = default_wandb_project()
+    if args.wandb_entity is None:
+        args.wandb_entity = os.environ.get("WANDB_ENTITY") or None
     if args.warmup_steps is None:
         args.warmup_steps = args.max_steps // 10
     if not 0 <= args.warmup_steps <= args.max_steps:
@@ -250,17 +268,20 @@ def start_run(args: argparse.Namespace, *, name: str) -> Run:
     With ``--resume`` the wandb run of the checkpoint continues, so its curves stay in one run.
     """
     context = setup_distributed(device=args.device)
+    threads, why = set_threads(args.threads)
+    if context.is_main:
+        print(f"CPU threads: {threads} ({why})")
     seed_everything(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    config.update(experiment=name, world_size=context.world_size, device=str(context.device),
+    config.update(experiment=name, threads=threads, world_size=context.world_size, device=str(context.device),
                   torch_version=str(torch.__version__))
     run_id = None
     if args.resume and (out / LATEST).is_file() and context.is_main:
         run_id = load_checkpoint(out / LATEST).get("wandb_run_id")
-    tracker = Tracker(out_dir=out, project=args.wandb_project, name=f"{name}-{out.name}", config=config,
-                      mode=args.wandb, run_id=run_id, enabled=context.is_main)
+    tracker = Tracker(out_dir=out, project=args.wandb_project, entity=args.wandb_entity, name=f"{name}-{out.name}",
+                      config=config, mode=args.wandb, run_id=run_id, enabled=context.is_main)
     return Run(args=args, out=out, context=context, tracker=tracker, config=config)
 
 

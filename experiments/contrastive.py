@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
         prototypes, similarity = prototype_metrics(trained, train_labels, test, test_labels, len(dataset.class_names))
         metrics.update(prototypes)
         metrics["test_pairs"] = len(test_labels)
-        if run.tracker.active:
+        if run.tracker.saves_figures:
             metrics["prototype_similarity"] = similarity_figure(similarity, class_names=list(dataset.class_names),
                                                                 rows=first, columns=second)
         return metrics

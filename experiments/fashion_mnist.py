@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  num_workers=args.num_workers):
             logits = model(normalize(batch["image"]).to(device))
             counts += confusion_matrix(logits.argmax(dim=1), batch["label"].to(device), num_classes=len(CLASSES))
-        return confusion_metrics(all_reduce_sum(counts), list(CLASSES), figure=run.tracker.active)
+        return confusion_metrics(all_reduce_sum(counts), list(CLASSES), figure=run.tracker.saves_figures)
 
     result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)
     if run.context.is_main:

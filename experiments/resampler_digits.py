@@ -32,6 +32,7 @@ from experiments.common import (add_data_args, build_parser, check_args, confusi
                                 start_run, train_on_shards)
 from experiments.datasets import ensure_shards
 from perceiver.data import make_loader
+from perceiver.files import atomic_write
 from perceiver.resampler import PerceiverResampler
 from perceiver.training.distributed import all_reduce_sum
 from perceiver.training.plots import confusion_matrix
@@ -152,12 +153,12 @@ def main(argv: list[str] | None = None) -> dict:
             frames += (~frame_pad).sum(dim=1).tolist()
             if gap is None:
                 gap = padding_gap(model, front, batch, device)
-        return {**confusion_metrics(all_reduce_sum(counts), list(CLASSES), figure=run.tracker.active),
+        return {**confusion_metrics(all_reduce_sum(counts), list(CLASSES), figure=run.tracker.saves_figures),
                 "padding_max_abs_logit_gap": gap, "min_frames": min(frames), "max_frames": max(frames)}
 
     result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)
     if run.context.is_main:
-        torch.save(model.state_dict(), run.out / "model.pt")
+        atomic_write(run.out / "model.pt", lambda path: torch.save(model.state_dict(), path))
     final = result.eval_metrics
     return run.finish({
         "summary": args.summary,

@@ -45,6 +45,7 @@ from perceiver.adapters import SpectrogramAdapter, SpectrogramConvAdapter
 from perceiver.augment import (NOISE_COLORS, add_noise, change_speed, crop, crop_to_speech, delay, gain_and_tilt,
                                reverberate, telephone_band)
 from perceiver.data import make_loader
+from perceiver.files import atomic_write_text
 from perceiver.training.distributed import all_reduce_sum
 from perceiver.training.plots import confusion_matrix
 
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
         for split, prefix in EVALUATIONS:
             counts, per_engine = split_counts(model, split)
             matrices[split] = counts.tolist()
-            metrics.update(confusion_metrics(counts, list(CLASSES), figure=run.tracker.active, prefix=prefix))
+            metrics.update(confusion_metrics(counts, list(CLASSES), figure=run.tracker.saves_figures, prefix=prefix))
             if split == "test":
                 for name, engine_counts in per_engine.items():
                     metrics[f"test_accuracy_{name}"] = float(engine_counts.diagonal().sum() / engine_counts.sum())
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)
     if run.context.is_main:
         model.save_pretrained(run.out / "model")
-        (run.out / "confusion_matrices.json").write_text(json.dumps(matrices) + "\n")
+        atomic_write_text(run.out / "confusion_matrices.json", json.dumps(matrices) + "\n")
     found = result.eval_metrics
     return run.finish({
         "test_accuracy": found.get("accuracy", float("nan")),

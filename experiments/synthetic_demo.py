@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         seen = int(counts.sum())
         # Sums over all ranks, identical everywhere, so the loop's average over ranks keeps them as they are.
         metrics = {"loss": float(loss_sum) / seen, "accuracy": float(counts.diagonal().sum()) / seen}
-        if run.tracker.active:  # figures only where they are logged
+        if run.tracker.saves_figures:  # to wandb and OUT/figures/ (main rank)
             metrics["confusion_matrix"] = confusion_matrix_figure(counts, class_names=list(KEYWORDS))
             sample = held_out[0]
             weights = cross_attention_weights(model, sample["text"][:1].to(device), sample["text_pad_mask"][:1].to(device))

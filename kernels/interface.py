@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from perceiver.masks import check_pad_mask
+
 from .backward import attention_backward
 from .forward import attention_forward
 from .runtime import INTERPRET
@@ -60,12 +62,7 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None) -> No
         raise ValueError(f"v: expected shape ({b}, {h}, {m}, {d}) to match k {tuple(k.shape)}, got {tuple(v.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v: expected one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if pad_mask is not None:
-        if not isinstance(pad_mask, Tensor) or pad_mask.dtype != torch.bool:
-            got = pad_mask.dtype if isinstance(pad_mask, Tensor) else type(pad_mask).__name__
-            raise TypeError(f"pad_mask: expected a bool tensor of shape ({b}, {m}) with True = padding, got {got}")
-        if tuple(pad_mask.shape) != (b, m):
-            raise ValueError(f"pad_mask: expected shape ({b}, {m}), got {tuple(pad_mask.shape)}")
+    check_pad_mask(pad_mask, b, m)
     reason = unsupported_reason(q, k, v, pad_mask)
     if reason is not None:
         raise ValueError(f"perceiver.kernels.attention cannot run this call: {reason}")

@@ -4,6 +4,11 @@ Masks follow one convention throughout the package: a bool tensor (B, M), True w
 ``perceiver.masks``).
 """
 
+import importlib.abc
+import importlib.util
+import sys
+from pathlib import Path
+
 from perceiver.attention import MultiHeadAttention, attend, attention_backend
 from perceiver.config import build_module, load_model, module_spec, save_model
 from perceiver.decoder import PerceiverDecoder
@@ -30,3 +35,27 @@ __all__ = [
     "pad_mask_from_lengths",
     "save_model",
 ]
+
+
+class _CheckoutKernels(importlib.abc.MetaPathFinder):
+    """Finds ``perceiver.kernels`` in ``kernels/`` beside this package when it runs from a source checkout.
+
+    An installed wheel holds the kernels as ``perceiver/kernels``; a checkout keeps them at the top level of the
+    repository. ``python -m experiments.NAME`` in a checkout imports the checkout's ``perceiver`` even when the
+    package is installed, so without this finder the kernels would be missing there (and CUDA would silently fall
+    back to PyTorch attention).
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "perceiver.kernels":
+            return None
+        return importlib.util.spec_from_file_location(name, self.folder / "__init__.py",
+                                                      submodule_search_locations=[str(self.folder)])
+
+
+_checkout_kernels = Path(__file__).resolve().parent.parent / "kernels"
+if not (Path(__file__).resolve().parent / "kernels").is_dir() and (_checkout_kernels / "__init__.py").is_file():
+    sys.meta_path.append(_CheckoutKernels(_checkout_kernels))

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.adapters.checks import check_tensor
-from perceiver.masks import check_pad_mask, pad_mask_from_lengths
+from perceiver.masks import check_pad_mask, pad_mask_from_lengths, zero_padding
 
 
 def shift_and_flip(images: Tensor, *, max_shift: int, flip: bool = True,
@@ -111,10 +111,6 @@ def _chosen(batch: int, probability: float, generator) -> Tensor:
     return torch.rand(batch, generator=generator) < probability
 
 
-def _zero_padding(audio: Tensor, pad_mask: Tensor) -> Tensor:
-    return torch.where(pad_mask, torch.zeros((), dtype=audio.dtype, device=audio.device), audio)
-
-
 def colored_noise(batch: int, length: int, exponents: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
     """Gaussian noise (batch, length), float64, whose power spectrum falls as 1 / f**exponent per row (0 white,
     1 pink, 2 brown), each row scaled to unit mean power."""
@@ -136,7 +132,7 @@ def add_noise(audio: Tensor, pad_mask: Tensor, *, snr_db: tuple[float, float], c
     if not colors or unknown:
         raise ValueError(f"colors: expected a non-empty subset of {tuple(NOISE_COLORS)}, got {tuple(colors)}")
     batch, length = audio.shape
-    real = _zero_padding(audio, pad_mask)
+    real = zero_padding(audio, pad_mask)
     power = real.double().pow(2).sum(dim=1).cpu() / lengths.cpu().clamp(min=1)
     snr = _uniform(batch, snr_db, "snr_db", generator)
     picks = torch.randint(0, len(colors), (batch,), generator=generator)
@@ -147,7 +143,7 @@ def add_noise(audio: Tensor, pad_mask: Tensor, *, snr_db: tuple[float, float], c
     noise_real = torch.where(pad_mask.cpu(), torch.zeros((), dtype=torch.float64), noise)
     noise_power = noise_real.pow(2).sum(dim=1) / lengths.cpu().clamp(min=1)
     scale = torch.sqrt(power / 10 ** (snr / 10) / noise_power.clamp(min=1e-12))
-    return _zero_padding(real + (scale[:, None] * noise).to(audio), pad_mask)
+    return zero_padding(real + (scale[:, None] * noise).to(audio), pad_mask)
 
 
 def room_impulse_responses(rt60: Tensor, *, sample_rate: int, generator: torch.Generator | None = None) -> Tensor:
@@ -179,8 +175,8 @@ def reverberate(audio: Tensor, pad_mask: Tensor, *, sample_rate: int, rt60: tupl
     chosen = _chosen(batch, probability, generator)
     responses = room_impulse_responses(times, sample_rate=sample_rate, generator=generator)
     if not chosen.any():
-        return _zero_padding(audio, pad_mask)
-    dry = _zero_padding(audio, pad_mask).double().cpu().numpy()
+        return zero_padding(audio, pad_mask)
+    dry = zero_padding(audio, pad_mask).double().cpu().numpy()
     wet_signal = torch.from_numpy(fftconvolve(dry, responses.numpy(), axes=1)[:, : audio.shape[1]])
     dry = torch.from_numpy(dry)
     # The tail that rings past a waveform's end is cut there, before the level is matched.
@@ -189,7 +185,7 @@ def reverberate(audio: Tensor, pad_mask: Tensor, *, sample_rate: int, rt60: tupl
     rms = lambda x: x.pow(2).sum(dim=1, keepdim=True).sqrt()  # noqa: E731
     mixed = mixed * rms(dry) / rms(mixed).clamp(min=1e-12)
     out = torch.where(chosen[:, None], mixed, dry).to(audio)
-    return _zero_padding(out, pad_mask)
+    return zero_padding(out, pad_mask)
 
 
 def mu_law(x: Tensor, bits: int = 8) -> Tensor:
@@ -214,9 +210,9 @@ def telephone_band(audio: Tensor, pad_mask: Tensor, *, sample_rate: int, probabi
         raise ValueError(f"band: expected 0 < low < high < {sample_rate / 2} Hz, got {tuple(band)}")
     chosen = _chosen(audio.shape[0], probability, generator)
     if not chosen.any():
-        return _zero_padding(audio, pad_mask)
+        return zero_padding(audio, pad_mask)
     rows = chosen.nonzero()[:, 0]
-    signal = _zero_padding(audio, pad_mask).double().cpu().numpy()[rows.numpy()]
+    signal = zero_padding(audio, pad_mask).double().cpu().numpy()[rows.numpy()]
     filtered = sosfilt(butter(4, (low, high), btype="bandpass", fs=sample_rate, output="sos"), signal, axis=1)
     common = math.gcd(8000, sample_rate)
     up, down = 8000 // common, sample_rate // common
@@ -227,9 +223,9 @@ def telephone_band(audio: Tensor, pad_mask: Tensor, *, sample_rate: int, probabi
     if down != up:
         line = resample_poly(line, down, up, axis=1)[:, : signal.shape[1]]
         line = np.pad(line, ((0, 0), (0, signal.shape[1] - line.shape[1])))
-    out = _zero_padding(audio, pad_mask).clone()
+    out = zero_padding(audio, pad_mask).clone()
     out[rows.to(audio.device)] = torch.from_numpy(line).to(audio)
-    return _zero_padding(out, pad_mask)
+    return zero_padding(out, pad_mask)
 
 
 def gain_and_tilt(audio: Tensor, pad_mask: Tensor, *, gain_db: tuple[float, float] = (-20.0, 6.0),
@@ -244,12 +240,12 @@ def gain_and_tilt(audio: Tensor, pad_mask: Tensor, *, gain_db: tuple[float, floa
     gains, slopes = _uniform(batch, gain_db, "gain_db", generator), _uniform(batch, tilt, "tilt", generator)
     if not -1.0 < min(tilt) <= max(tilt) < 1.0:
         raise ValueError(f"tilt: expected coefficients in (-1, 1), got {tuple(tilt)}")
-    signal = _zero_padding(audio, pad_mask).double().cpu().numpy()
+    signal = zero_padding(audio, pad_mask).double().cpu().numpy()
     tilted = torch.from_numpy(np.stack([lfilter([1.0, -float(a)], [1.0], row) for a, row in zip(slopes, signal)]))
     tilted = torch.where(pad_mask.cpu(), torch.zeros((), dtype=torch.float64), tilted)  # before the level match
     rms = lambda x: x.pow(2).sum(dim=1, keepdim=True).sqrt()  # noqa: E731
     scale = rms(torch.from_numpy(signal)) / rms(tilted).clamp(min=1e-12) * 10 ** (gains[:, None] / 20)
-    return _zero_padding((tilted * scale).to(audio), pad_mask)
+    return zero_padding((tilted * scale).to(audio), pad_mask)
 
 
 def crop(audio: Tensor, pad_mask: Tensor, max_samples: int) -> tuple[Tensor, Tensor]:

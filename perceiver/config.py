@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+from perceiver.files import atomic_write
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -76,9 +77,9 @@ def save_model(model: nn.Module, directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config_text = json.dumps(module_spec(model), indent=2)
-    _write_atomically(directory / CONFIG_FILE, lambda path: Path(path).write_text(config_text))
+    atomic_write(directory / CONFIG_FILE, lambda path: Path(path).write_text(config_text))
     # save_model (not save_file) keeps tied weights, e.g. an output layer that shares the input embedding.
-    _write_atomically(directory / WEIGHTS_FILE, lambda path: save_weights(model, path))
+    atomic_write(directory / WEIGHTS_FILE, lambda path: save_weights(model, path))
     return directory
 
 
@@ -93,16 +94,3 @@ def load_model(directory: str | os.PathLike, *, device: str = "cpu") -> nn.Modul
     model = build_module(json.loads((directory / CONFIG_FILE).read_text()))
     load_weights(model, directory / WEIGHTS_FILE, device=device)
     return model.to(device)
-
-
-def _write_atomically(path: Path, write) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(handle)
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

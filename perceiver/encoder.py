@@ -9,7 +9,7 @@ from perceiver.attention import Backend
 from perceiver.config import capture_config
 from perceiver.init import init_latents, init_linear_layers
 from perceiver.layers import CrossAttentionLayer, SelfAttentionBlock, run_layer
-from perceiver.masks import check_pad_mask
+from perceiver.masks import check_pad_mask, zero_padding
 
 
 class PerceiverEncoder(nn.Module):
@@ -114,6 +114,11 @@ class PerceiverEncoder(nn.Module):
         if tokens.shape[0] == 0:
             raise ValueError("tokens: expected a non-empty batch, got batch size 0")
         check_pad_mask(pad_mask, tokens.shape[0], tokens.shape[1])
+        if tokens.dtype != self.latents.dtype and not torch.is_autocast_enabled(tokens.device.type):
+            raise TypeError(f"tokens: expected dtype {self.latents.dtype} (the dtype of the model's parameters), got "
+                            f"{tokens.dtype}; convert the input or the model (model.to({tokens.dtype}))")
+        # A masked token is ignored by attention, but a NaN or inf in it would still leak (0 × NaN is NaN).
+        tokens = zero_padding(tokens, pad_mask, channel_dim=-1)
         x = self.latents.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
         for i in range(self.num_self_attention_blocks):
             if i < self.num_cross_attention_layers:

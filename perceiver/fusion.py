@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from perceiver.adapters.multimodal import PRESENT_SUFFIX
+from perceiver.adapters.multimodal import PRESENT_SUFFIX, blank_absent
 from perceiver.attention import Backend
 from perceiver.encoder import PerceiverEncoder
 from perceiver.init import init_latents, init_linear_layers
@@ -106,7 +106,8 @@ class LateFusionClassifier(nn.Module):
         branches, used = {}, []
         for i, name in enumerate(self.names):
             if name in x:
-                branches[name] = (self.models[name](x[name], pad_masks.get(name)).log_softmax(dim=-1), presence[:, i])
+                value = blank_absent(x[name], presence[:, i])  # a placeholder's NaN must not reach the gradients
+                branches[name] = (self.models[name](value, pad_masks.get(name)).log_softmax(dim=-1), presence[:, i])
                 used.append(i)
         stacked = torch.stack([log_probs for log_probs, _ in branches.values()], dim=1)  # (B, modalities in x, K)
         present = presence[:, used]
@@ -168,7 +169,7 @@ class HybridFusionClassifier(nn.Module):
         for i, name in enumerate(self.names):
             if name not in x:
                 continue
-            tokens, pad_mask = self.adapters[name](x[name], pad_masks.get(name))
+            tokens, pad_mask = self.adapters[name](blank_absent(x[name], presence[:, i]), pad_masks.get(name))
             encoded = self.encoders[name](tokens, pad_mask) + self.modality_embedding[i].to(tokens.dtype)
             latents.append(encoded)
             latent_masks.append((~presence[:, i])[:, None].expand(-1, encoded.shape[1]))

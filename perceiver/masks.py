@@ -37,16 +37,33 @@ def pad_mask_from_index(index: Tensor, length: int) -> Tensor:
     return mask.scatter(1, index.long(), True)
 
 
-def check_pad_mask(pad_mask: Tensor | None, batch_size: int, length: int, name: str = "pad_mask") -> None:
-    """Raise a clear error unless ``pad_mask`` is None or a bool tensor of shape (batch_size, length)."""
+def check_pad_mask(pad_mask: Tensor | None, *shape: int, name: str = "pad_mask", note: str = "") -> None:
+    """Raise a clear error unless ``pad_mask`` is None or a bool tensor of ``shape``, e.g. (B, M) or (B, H, W).
+
+    The one check of every pad mask in the package (tokens, input-resolution masks of the adapters, the kernels).
+    ``note`` explains the expected shape in the message, e.g. ``" (B and the input's spatial size)"``.
+    """
     if pad_mask is None:
         return
+    shape = tuple(int(n) for n in shape)
     if not isinstance(pad_mask, Tensor):
-        raise TypeError(f"{name}: expected a bool tensor of shape ({batch_size}, {length}) or None, got {type(pad_mask).__name__}")
+        raise TypeError(f"{name}: expected a bool tensor of shape {shape}{note} or None, got {type(pad_mask).__name__}")
     if pad_mask.dtype != torch.bool:
         raise TypeError(f"{name}: expected dtype torch.bool (True = padding), got {pad_mask.dtype}")
-    if tuple(pad_mask.shape) != (batch_size, length):
-        raise ValueError(f"{name}: expected shape ({batch_size}, {length}), got {tuple(pad_mask.shape)}")
+    if tuple(pad_mask.shape) != shape:
+        raise ValueError(f"{name}: expected shape {shape}{note}, got {tuple(pad_mask.shape)}")
+
+
+def zero_padding(x: Tensor, pad_mask: Tensor | None, *, channel_dim: int | None = None) -> Tensor:
+    """``x`` with zeros wherever ``pad_mask`` is True, so that NaN or inf under padding cannot reach real outputs.
+
+    ``torch.where``, not a product: NaN × 0 is NaN. ``pad_mask`` has the shape of ``x`` without ``channel_dim``
+    (e.g. (B, H, W) for images (B, C, H, W) with ``channel_dim=1``), or exactly the shape of ``x``.
+    """
+    if pad_mask is None:
+        return x
+    mask = pad_mask if channel_dim is None else pad_mask.unsqueeze(channel_dim)
+    return torch.where(mask, torch.zeros((), dtype=x.dtype, device=x.device), x)
 
 
 def merge_pad_masks(masks: list[Tensor | None], lengths: list[int], batch_size: int, device) -> Tensor | None:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from perceiver.adapters.checks import check_tensor
+from perceiver.adapters.checks import check_model_dtype, check_tensor
 from perceiver.attention import Backend
 from perceiver.config import capture_config
 from perceiver.init import init_latents, init_linear_layers
 from perceiver.layers import CrossAttentionLayer
-from perceiver.masks import check_pad_mask
+from perceiver.masks import check_pad_mask, zero_padding
 
 
 class PerceiverResampler(nn.Module):
@@ -76,9 +76,11 @@ class PerceiverResampler(nn.Module):
             raise ValueError("features: got (B, T, S, C) frames, but the resampler was built without max_frames")
         if frames > self.frame_embedding.shape[0]:
             raise ValueError(f"features: expected at most max_frames={self.frame_embedding.shape[0]} frames, got {frames}")
-        x = self.input_projection(features) + self.frame_embedding[:frames, None].to(features.dtype)
         if pad_mask is not None and tuple(pad_mask.shape) == (batch, frames):
             pad_mask = pad_mask[:, :, None].expand(-1, -1, per_frame)
+        if isinstance(pad_mask, Tensor) and pad_mask.dtype == torch.bool and pad_mask.shape == features.shape[:3]:
+            features = zero_padding(features, pad_mask, channel_dim=-1)
+        x = self.input_projection(features) + self.frame_embedding[:frames, None].to(features.dtype)
         if pad_mask is not None:
             pad_mask = pad_mask.reshape(batch, -1)
         return x.reshape(batch, frames * per_frame, -1), pad_mask
@@ -89,10 +91,13 @@ class PerceiverResampler(nn.Module):
         check_tensor(features, "features", kind="float", rank=4 if frames_layout else 3, layout=layout)
         if features.shape[-1] != self.num_input_channels:
             raise ValueError(f"features: expected shape {layout}, got {tuple(features.shape)}")
+        check_model_dtype(features, "features", self)
         if frames_layout:
             x, pad_mask = self._flatten_frames(features, pad_mask)
         else:
-            x = self.input_projection(features)
+            check_pad_mask(pad_mask, *features.shape[:2])
+            # NaN or inf under the mask must not leak through attention (0 × NaN is NaN) nor into the gradients
+            x = self.input_projection(zero_padding(features, pad_mask, channel_dim=-1))
         batch, length = x.shape[:2]
         check_pad_mask(pad_mask, batch, length)
         latents = self.latents.to(x.dtype).expand(batch, -1, -1)

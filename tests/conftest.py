@@ -11,3 +11,8 @@ import torch
 
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
+
+# The experiments and `python -m perceiver` choose their thread count from the free cores (perceiver.threads) unless
+# OMP_NUM_THREADS is set; pin it to the session's count so that a test that runs them leaves the count of the tests
+# after it as it was.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))

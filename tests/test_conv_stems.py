@@ -110,7 +110,7 @@ def test_conv_adapter_errors():
         adapter(torch.randn(1, 3, 8, 8))
     with pytest.raises(TypeError, match="floating-point"):
         adapter(torch.ones(1, 2, 8, 8, dtype=torch.long))
-    with pytest.raises(TypeError, match="pad_mask: expected a torch.bool"):
+    with pytest.raises(TypeError, match="pad_mask: expected dtype torch.bool"):
         adapter(torch.randn(1, 2, 8, 8), torch.zeros(1, 8, 8))
     with pytest.raises(ValueError, match=r"pad_mask: expected shape \(1, 8, 8\)"):
         adapter(torch.randn(1, 2, 8, 8), torch.zeros(1, 8, 4, dtype=torch.bool))

@@ -10,6 +10,7 @@ import shutil
 import tarfile
 import warnings
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from perceiver.data import (
     get_source, make_loader,
 )
 from perceiver.data.__main__ import main as cli_main
+from perceiver.data.loader import required_fields
 from perceiver.data.sources.espeak import synthesizer
 from perceiver.data.sources.spoken_digits import split_variants
 
@@ -356,8 +358,34 @@ def test_corrupt_counts_reach_the_batch_from_the_worker_that_skipped(one_shard, 
 def test_missing_shards_raise_with_the_build_command(tmp_path):
     with pytest.raises(MissingShardsError, match="python -m perceiver.data build fashion-mnist"):
         find_shards(tmp_path, "fashion-mnist", "train")
-    with pytest.raises(MissingShardsError, match="do not exist"):
+    with pytest.raises(MissingShardsError, match="do not exist.*build them with: python -m perceiver.data build NAME"):
         make_loader([str(tmp_path / "nope-000000.tar")], batch_size=2)
+    pattern = str(tmp_path / "fashion-mnist-test-{000000..000002}.tar")
+    expected = (f"3 of 3 local path\\(s\\) do not exist, first {tmp_path}/fashion-mnist-test-000000.tar; build them "
+                f"with: python -m perceiver.data build fashion-mnist --out {tmp_path} --split test")
+    with pytest.raises(MissingShardsError, match=expected):
+        make_loader(pattern, batch_size=2)
+
+
+def test_make_loader_takes_any_webdataset_url(built):
+    """Brace patterns, pipe: URLs, file: URLs, "::" lists and lists of them read the same samples as the paths."""
+    paths = [str(path) for path in built("fashion-mnist", "test")]
+    assert len(paths) == 3
+    directory = Path(paths[0]).parent
+    expected = keys_of(read_all(paths))
+    brace = str(directory / "fashion-mnist-test-{000000..000002}.tar")
+    for shards in (brace, [brace], Path(paths[0]).parent / "fashion-mnist-test-{000000..000002}.tar",
+                   [f"pipe:cat {path}" for path in paths], "::".join(paths),
+                   [f"file://{paths[0]}", f"pipe:cat {paths[1]}", paths[2]]):
+        assert keys_of(read_all(shards)) == expected, shards
+    assert required_fields("pipe:cat /x/fashion-mnist-test-000000.tar") == ("png", "cls", "json")
+
+
+def test_an_unreadable_remote_shard_is_reported_and_skipped(built):
+    paths = [str(path) for path in built("fashion-mnist", "test")]
+    with pytest.warns(CorruptSampleWarning, match="whole shard"):
+        batches = read_all(["pipe:exit 3", *paths])
+    assert sum(b["corrupt"] for b in batches) == 1 and len(keys_of(batches)) == LIMIT
 
 
 def test_missing_sources_raise_with_the_install_command(tmp_path, monkeypatch):
@@ -379,6 +407,45 @@ def test_cli_builds_shards(tmp_path, capsys):
     assert "fashion-mnist/test: 3 shard(s)" in capsys.readouterr().out
     assert set(DATASETS) == {"fashion-mnist", "mnist-5k", "spoken-digits", "shakespeare", "av-digits",
                              "spoken-letters", "emoji"}
+
+
+def test_a_build_records_its_limit_and_a_run_asking_for_another_rebuilds(tmp_path, capsys):
+    from experiments.datasets import ensure_shards
+    from perceiver.data import read_manifest
+
+    directory = tmp_path / "fashion-mnist"
+    first = ensure_shards("fashion-mnist", tmp_path, ("test",), limit=5)
+    assert read_manifest(directory, "fashion-mnist", "test") == {
+        "dataset": "fashion-mnist", "split": "test", "limit": 5, "samples": 5, "shards": 1, "shard_size": 1000,
+        "seed": 0}
+    assert "building fashion-mnist/test shards" in capsys.readouterr().out
+    assert ensure_shards("fashion-mnist", tmp_path, ("test",), limit=5) == first
+    assert capsys.readouterr().out == ""                    # the same limit: used as they are
+    ensure_shards("fashion-mnist", tmp_path, ("test",), limit=7)
+    out = capsys.readouterr().out
+    assert "they were built with --limit 5 (5 samples), this run asks for --limit 7" in out
+    assert read_manifest(directory, "fashion-mnist", "test")["samples"] == 7
+    from perceiver.data.shards import iter_raw_samples
+
+    paths = find_shards(directory, "fashion-mnist", "test")
+    assert sum(1 for path in paths for _ in iter_raw_samples(path, lambda *problem: None)) == 7
+    (directory / "fashion-mnist-test.json").unlink()         # shards from before manifests: used, with a note
+    ensure_shards("fashion-mnist", tmp_path, ("test",), limit=None)
+    assert "have no manifest" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--split", "dev"], "argument --split: fashion-mnist has splits train, test, got 'dev'"),
+    (["--limit", "0"], "argument --limit: expected a positive number of samples, got 0"),
+    (["--shard-size", "-1"], "argument --shard-size: expected a positive number of samples, got -1"),
+])
+def test_cli_reports_a_bad_argument_as_a_usage_error(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["build", "fashion-mnist", "--out", str(tmp_path), *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ") and f"error: {message}" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_reader_resyncs_past_a_damaged_header_whose_data_holds_zero_blocks(tmp_path):

@@ -278,7 +278,7 @@ def _inputs_for_errors():
         (lambda q, k, v, m: (q, k[..., :8], v, m), ValueError, r"k: expected shape \(2, 3, M, 16\)"),
         (lambda q, k, v, m: (q, k, v[:, :, :5], m), ValueError, r"v: expected shape \(2, 3, 6, 16\)"),
         (lambda q, k, v, m: (q, k, v.half(), m), TypeError, "q, k, v: expected one dtype"),
-        (lambda q, k, v, m: (q, k, v, m.float()), TypeError, "pad_mask: expected a bool tensor of shape \\(2, 6\\)"),
+        (lambda q, k, v, m: (q, k, v, m.float()), TypeError, "pad_mask: expected dtype torch.bool"),
         (lambda q, k, v, m: (q, k, v, m[:, :5]), ValueError, r"pad_mask: expected shape \(2, 6\), got \(2, 5\)"),
         (lambda q, k, v, m: (q.double(), k.double(), v.double(), m), ValueError, "dtype torch.float64 is not supported"),
     ],

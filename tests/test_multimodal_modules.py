@@ -76,9 +76,16 @@ def test_fusion_ignores_a_missing_modality(kind):
 
 @pytest.mark.parametrize("kind", ["late", "hybrid"])
 def test_fusion_learns_the_toy_task(kind):
+    """Judged with margins that no floating-point trajectory (1 or 2 threads, any x86 CPU) comes near.
+
+    A moderate lr with gradient clipping keeps Adam away from the spikes that lr 1e-2 gave late fusion near the end
+    (a loss of 7 within the last 5 of 40 steps). Measured (seeds 0 to 2, 1 and 2 threads): the best 5-step mean of
+    the last 15 steps is at most 0.45 of the first 5 steps' mean, held-out accuracy at least 0.77; a model that does
+    not learn stays near 1.1 (ln 3) and 1/3.
+    """
     torch.manual_seed(0)
     model = fusion_models()[kind]
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     x, labels = toy_pairs(32, generator)
     losses = []
@@ -86,9 +93,16 @@ def test_fusion_learns_the_toy_task(kind):
         loss = torch.nn.functional.cross_entropy(model(drop_modalities(x, ["image", "signal"], 0.3, generator)), labels)
         optimizer.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
-    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    first = sum(losses[:5]) / 5
+    best_late_window = min(sum(losses[i:i + 5]) / 5 for i in range(25, 36))
+    assert best_late_window < 0.7 * first, (first, losses[-15:])
+    held_out, held_out_labels = toy_pairs(96, torch.Generator().manual_seed(100))
+    with torch.no_grad():
+        accuracy = (model.eval()(held_out).argmax(dim=-1) == held_out_labels).float().mean().item()
+    assert accuracy > 0.55, accuracy
 
 
 def test_fusion_rejects_samples_without_any_modality():
@@ -203,7 +217,10 @@ def test_late_fusion_returns_each_branch_for_a_loss_of_its_own():
     image_log_probs, image_present = branches["image"]
     signal_log_probs, signal_present = branches["signal"]
     torch.testing.assert_close(image_log_probs, model.models["image"](x["image"]).log_softmax(-1))
-    torch.testing.assert_close(signal_log_probs, model.models["signal"](x["signal"]).log_softmax(-1))
+    # a sample that lacks the signal gets the branch's answer to a blank (zero) placeholder, whatever it held
+    blanked = torch.where(present[:, None, None], x["signal"], 0.0)
+    torch.testing.assert_close(signal_log_probs, model.models["signal"](blanked).log_softmax(-1))
+    torch.testing.assert_close(signal_log_probs[present], model.models["signal"](x["signal"]).log_softmax(-1)[present])
     assert image_present.all() and torch.equal(signal_present, present)
     torch.testing.assert_close(fused[1], image_log_probs[1])  # a sample without the signal is its image branch
     torch.testing.assert_close(fused, model({**x, "signal_present": present}))

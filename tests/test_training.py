@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -195,6 +196,26 @@ def test_the_loop_clips_gradients_before_the_optimizer_step(tmp_path):
     assert all(n == pytest.approx(0.5, rel=1e-4) for n in norms)  # clipped: the raw norms are in the hundreds
 
 
+def test_without_a_progress_bar_each_log_step_prints_a_plain_line(tmp_path, capsys):
+    train(tiny_model(), config=quiet_config(max_steps=4, log_every=2), out_dir=tmp_path,
+          make_batches=epoch_batches(batches_per_epoch=5), loss_fn=classification_loss,
+          evaluate=lambda model: {"accuracy": 0.5})
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["step 2/4", "step 4/4", "step 4"]
+    assert re.fullmatch(r"step 2/4: loss \d+\.\d{4}, lr \d\.\d\de[-+]\d+, \d+\.\d\d steps/s", lines[0])
+    assert lines[2] == "step 4: accuracy 0.5000" and err == ""
+
+
+def test_with_a_progress_bar_the_eval_line_stands_alone_and_the_bar_shows_the_loss(tmp_path, capsys):
+    train(tiny_model(), config=quiet_config(max_steps=3, log_every=100, progress=True), out_dir=tmp_path,
+          make_batches=epoch_batches(batches_per_epoch=5), loss_fn=classification_loss,
+          evaluate=lambda model: {"accuracy": 0.5})
+    out, err = capsys.readouterr()
+    assert out == "step 3: accuracy 0.5000\n"      # a line of its own (tqdm.write), no per-step lines beside a bar
+    assert re.search(r"loss=\d+\.\d{4}", err)       # the bar's postfix
+
+
 def test_lamb_matches_a_float64_reference():
     torch.manual_seed(0)
     start = torch.randn(5, 3, dtype=torch.float64)
@@ -223,6 +244,23 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.equal(loaded["weights"], torch.arange(6.0))
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_files_follow_the_umask(tmp_path, umask):
+    from experiments.common import write_metrics
+
+    previous = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / LATEST, {"step": 1})
+        tiny_model().save_pretrained(tmp_path / "model")
+        write_metrics(tmp_path, {"steps": 1})
+    finally:
+        os.umask(previous)
+    saved = [tmp_path / LATEST, tmp_path / "model" / "config.json", tmp_path / "model" / "model.safetensors",
+             tmp_path / "metrics.json"]
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in saved} == {
+        path.name: oct(0o666 & ~umask) for path in saved}
+
+
 @pytest.mark.parametrize("crash_in", ["fsync", "replace"])
 def test_a_crash_mid_write_keeps_the_previous_latest(tmp_path, monkeypatch, crash_in):
     path = tmp_path / LATEST
@@ -232,7 +270,7 @@ def test_a_crash_mid_write_keeps_the_previous_latest(tmp_path, monkeypatch, cras
         raise KeyboardInterrupt("killed mid-write")
 
     # fsync: the new bytes are in a temporary file, not yet durable; replace: about to be renamed over `latest`.
-    monkeypatch.setattr(f"perceiver.training.checkpoint.os.{crash_in}", crash)
+    monkeypatch.setattr(f"perceiver.files.os.{crash_in}", crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, {"step": 2, "weights": torch.full((1000,), 2.0)})
     monkeypatch.undo()
@@ -305,6 +343,39 @@ def test_resume_continues_bitwise_with_dropout(tmp_path, one_thread):
     other = train(model, config=quiet_config(max_steps=2), out_dir=tmp_path / "c",
                   make_batches=epoch_batches(batches_per_epoch=5), loss_fn=classification_loss)
     assert other.losses != uninterrupted.losses[:2]
+
+
+class LrRecorder(Tracker):
+    def __init__(self, out_dir):
+        super().__init__(out_dir=out_dir, config={}, mode="disabled")
+        self.lrs = {}
+
+    def log(self, values, *, step):
+        if "train/lr" in values:
+            self.lrs[step] = values["train/lr"]
+
+
+def test_resume_with_more_steps_follows_the_longer_schedule(tmp_path, capsys):
+    """A finished 8-step run resumed with --max-steps 16 trains steps 9..16 at the lr of a 16-step run, not at the
+    8-step schedule's floor."""
+    fresh = LrRecorder(tmp_path / "fresh")
+    train(tiny_model(), config=quiet_config(max_steps=16), out_dir=tmp_path / "fresh", tracker=fresh,
+          make_batches=epoch_batches(batches_per_epoch=5), loss_fn=classification_loss)
+    train(tiny_model(), config=quiet_config(max_steps=8), out_dir=tmp_path / "run",
+          make_batches=epoch_batches(batches_per_epoch=5), loss_fn=classification_loss)
+    capsys.readouterr()
+    extended = LrRecorder(tmp_path / "run")
+    result = train(tiny_model(), config=quiet_config(max_steps=16, resume=True), out_dir=tmp_path / "run",
+                   tracker=extended, make_batches=epoch_batches(batches_per_epoch=5), loss_fn=classification_loss)
+    assert result.step == 16 and sorted(extended.lrs) == list(range(9, 17))
+    assert extended.lrs == pytest.approx({step: fresh.lrs[step] for step in range(9, 17)}, rel=1e-12)
+    assert extended.lrs[9] > 3 * quiet_config().lr * quiet_config().min_lr_ratio  # far above the old floor
+    printed = capsys.readouterr().out
+    assert "resume: the lr schedule changes (max_steps 8 -> 16)" in printed and "lr at step 8 3.000e-04 -> " in printed
+    # the same settings again: nothing to change, nothing printed
+    train(tiny_model(), config=quiet_config(max_steps=16, resume=True), out_dir=tmp_path / "run",
+          make_batches=epoch_batches(batches_per_epoch=5), loss_fn=classification_loss)
+    assert "lr schedule changes" not in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------------- DDP
@@ -420,7 +491,68 @@ def test_synthetic_experiment_resumes_from_its_checkpoint(tmp_path, capsys):
     resumed = synthetic_demo.main([*args, "--max-steps", "2", "--resume"])
     assert "at step 2 (epoch 0, batch 2)" in capsys.readouterr().out
     assert resumed["steps"] == 2 and resumed["test_accuracy"] == first["test_accuracy"]  # evaluated again, same weights
-    assert not (out / "wandb").exists()  # disabled means nothing written
+    assert not (out / "wandb").exists()  # disabled means nothing written to wandb
+    # ... but the figures are kept whatever the wandb mode
+    assert {p.name for p in (out / "figures").iterdir()} == {"eval_confusion_matrix.png", "eval_attention_map.png"}
+    assert (out / "figures" / "eval_confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tracker_writes_figures_in_every_mode_but_only_on_the_main_rank(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    main = Tracker(out_dir=tmp_path / "main", config={}, mode="disabled")
+    other = Tracker(out_dir=tmp_path / "other", config={}, mode="disabled", enabled=False)
+    assert main.saves_figures and not other.saves_figures
+    for tracker in (main, other):
+        tracker.log({"eval/both/confusion matrix": plt.figure(), "eval/loss": 1.0}, step=3)
+    assert [p.name for p in (tmp_path / "main" / "figures").iterdir()] == ["eval_both_confusion_matrix.png"]
+    assert not (tmp_path / "other").exists()
+    assert not plt.get_fignums()  # logged figures are closed
+
+
+def test_wandb_settings_follow_its_environment_when_the_flags_are_absent(monkeypatch, capsys):
+    from experiments.common import build_parser, check_args
+
+    parser = build_parser("test", name="test")
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    args = parser.parse_args([])
+    check_args(parser, args)
+    assert (args.wandb, args.wandb_project, args.wandb_entity) == ("offline", "perceiver-triton", None)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_PROJECT", "theirs")
+    monkeypatch.setenv("WANDB_ENTITY", "team")
+    args = parser.parse_args([])
+    check_args(parser, args)
+    assert (args.wandb, args.wandb_project, args.wandb_entity) == ("disabled", "theirs", "team")
+    args = parser.parse_args(["--wandb", "online", "--wandb-project", "mine", "--wandb-entity", "me"])
+    check_args(parser, args)
+    assert (args.wandb, args.wandb_project, args.wandb_entity) == ("online", "mine", "me")  # the flags win
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(SystemExit) as exit_:
+        check_args(parser, parser.parse_args([]))
+    assert exit_.value.code == 2
+    assert "WANDB_MODE: expected one of ('online', 'offline', 'disabled'), got 'sometimes'" in capsys.readouterr().err
+
+
+def test_tracker_passes_wandb_its_entity_project_and_dir(tmp_path, monkeypatch):
+    import wandb
+
+    calls = []
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setenv("WANDB_PROJECT", "theirs")
+    monkeypatch.setenv("WANDB_ENTITY", "team")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-here"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    Tracker(out_dir=tmp_path / "out", config={})
+    assert calls[-1]["mode"] == "offline" and calls[-1]["project"] == "theirs" and calls[-1]["entity"] == "team"
+    assert calls[-1]["dir"] == str(tmp_path / "wandb-here")
+    monkeypatch.delenv("WANDB_DIR")
+    Tracker(out_dir=tmp_path / "out", config={}, project="mine", entity="me")
+    assert (calls[-1]["project"], calls[-1]["entity"], calls[-1]["dir"]) == ("mine", "me", str(tmp_path / "out"))
 
 
 def test_a_failing_wandb_log_warns_once_and_training_goes_on(tmp_path, monkeypatch):

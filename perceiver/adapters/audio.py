@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from perceiver.adapters.base import InputAdapter
 from perceiver.adapters.conv import ConvStem
 from perceiver.adapters.checks import check_tensor
-from perceiver.masks import pad_mask_from_lengths
+from perceiver.masks import check_pad_mask, pad_mask_from_lengths, zero_padding
 from perceiver.positions import as_shape, build_position_encoding, with_positions
 
 MEL_SCALES = ("htk", "slaney")
@@ -127,11 +127,7 @@ class LogMelSpectrogram(nn.Module):
             raise ValueError(f"x: expected at most max_duration's {self.max_samples} samples, got T={length}")
         if pad_mask is None:
             return torch.full((batch_size,), length, device=x.device)
-        if not isinstance(pad_mask, Tensor) or pad_mask.dtype != torch.bool:
-            got = pad_mask.dtype if isinstance(pad_mask, Tensor) else type(pad_mask).__name__
-            raise TypeError(f"pad_mask: expected a torch.bool tensor (B, T), True = padded sample, got {got}")
-        if tuple(pad_mask.shape) != (batch_size, length):
-            raise ValueError(f"pad_mask: expected shape ({batch_size}, {length}) like x, got {tuple(pad_mask.shape)}")
+        check_pad_mask(pad_mask, batch_size, length, note=" like x")
         lengths = length - pad_mask.sum(dim=1)
         if not torch.equal(pad_mask, pad_mask_from_lengths(lengths, length)):
             raise ValueError("pad_mask: expected trailing padding (each row False then True), got padding elsewhere")
@@ -139,8 +135,7 @@ class LogMelSpectrogram(nn.Module):
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         lengths = self.check_input(x, pad_mask)
-        if pad_mask is not None:  # torch.where, not a product: NaN or inf under the mask must not reach any frame
-            x = torch.where(pad_mask, torch.zeros((), dtype=x.dtype, device=x.device), x)
+        x = zero_padding(x, pad_mask)  # NaN or inf under the mask must not reach any frame
         # The power spectrum spans many orders of magnitude: keep it out of autocast's half precision.
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self._log_mel(x, lengths)
@@ -405,6 +400,7 @@ class SpectrogramConvAdapter(InputAdapter):
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         log_mel, frame_pad = self.frontend(x, pad_mask)  # (B, F, n_mels), (B, F)
+        log_mel = log_mel.to(self.stem.convs[0].weight.dtype)  # the spectrogram is computed in the input's dtype
         frames_real = ~frame_pad
         if self.time_only:
             features, valid = self.stem(rearrange(log_mel, "b f m -> b m f"), frames_real)

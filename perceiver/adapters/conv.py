@@ -22,8 +22,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from perceiver.adapters.base import InputAdapter
-from perceiver.adapters.checks import check_tensor
+from perceiver.adapters.checks import check_model_dtype, check_tensor
 from perceiver.adapters.patches import nearest_multiples
+from perceiver.masks import check_pad_mask
 from perceiver.positions import as_shape, build_position_encoding, with_positions
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d}
@@ -158,18 +159,12 @@ class ConvAdapter(InputAdapter):
         """The input-resolution validity (True = real) from ``pad_mask``, checked against ``x``."""
         if pad_mask is None:
             return None
-        if not isinstance(pad_mask, Tensor) or pad_mask.dtype != torch.bool:
-            got = pad_mask.dtype if isinstance(pad_mask, Tensor) else type(pad_mask).__name__
-            raise TypeError(f"pad_mask: expected a torch.bool tensor (True = padding), got {got}")
-        expected = (x.shape[0], *x.shape[2:])
-        if tuple(pad_mask.shape) != expected:
-            raise ValueError(
-                f"pad_mask: expected shape {expected} (B and the input's spatial size), got {tuple(pad_mask.shape)}"
-            )
+        check_pad_mask(pad_mask, x.shape[0], *x.shape[2:], note=" (B and the input's spatial size)")
         return ~pad_mask
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         self.check_input(x)
+        check_model_dtype(x, "x", self)
         features, valid = self.stem(x, self.valid_cells(pad_mask, x))
         tokens = with_positions(rearrange(features, "b c ... -> b (...) c"), self.positions, features.shape[2:])
         return tokens, None if valid is None else ~valid.flatten(1)

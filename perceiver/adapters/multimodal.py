@@ -12,6 +12,22 @@ from perceiver.masks import merge_pad_masks
 PRESENT_SUFFIX = "_present"
 
 
+def blank_absent(value, present: Tensor):
+    """``value`` with zeros for the samples that lack it (``present`` False), if it is a floating-point tensor.
+
+    An absent modality's placeholder may hold anything, NaN and inf included; its tokens are masked, but a masked
+    NaN still turns attention's weighted sum (0 × NaN) and the gradients into NaN. ``torch.where`` keeps it out.
+    Integer inputs (e.g. byte ids) cannot hold NaN and are returned as they are, as is anything whose batch size
+    does not match (the caller's checks report it).
+    """
+    if not isinstance(value, Tensor) or not value.is_floating_point() or value.dim() == 0:
+        return value
+    if not isinstance(present, Tensor) or present.dtype != torch.bool or tuple(present.shape) != (value.shape[0],):
+        return value
+    keep = present.reshape(-1, *([1] * (value.dim() - 1)))
+    return torch.where(keep, value, torch.zeros((), dtype=value.dtype, device=value.device))
+
+
 class MultimodalAdapter(InputAdapter):
     """A dict of named adapters whose tokens are concatenated, in the order of ``adapters``, into (B, M, C).
 
@@ -91,7 +107,9 @@ class MultimodalAdapter(InputAdapter):
         for index, name in enumerate(self.modalities):
             if name not in x:
                 continue
-            tokens, mask = self.adapters[name](x[name], pad_mask.get(name))
+            present = x.get(name + PRESENT_SUFFIX)
+            value = x[name] if present is None else blank_absent(x[name], present)
+            tokens, mask = self.adapters[name](value, pad_mask.get(name))
             if batch_size is None:
                 batch_size = tokens.shape[0]
             elif tokens.shape[0] != batch_size:
@@ -100,7 +118,6 @@ class MultimodalAdapter(InputAdapter):
                 )
             tokens = nn.functional.pad(tokens, (0, self.num_channels - tokens.shape[-1]))
             tokens = tokens + self.modality_embedding[index].to(tokens.dtype)
-            present = x.get(name + PRESENT_SUFFIX)
             if present is not None:
                 key = name + PRESENT_SUFFIX
                 if not isinstance(present, Tensor) or present.dtype != torch.bool:

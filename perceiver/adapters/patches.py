@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import torch
 from einops import rearrange
 from torch import Tensor, nn
 
 from perceiver.adapters.base import InputAdapter
-from perceiver.adapters.checks import check_tensor
+from perceiver.adapters.checks import check_model_dtype, check_tensor
+from perceiver.masks import check_pad_mask, zero_padding
 from perceiver.positions import as_shape, build_position_encoding, with_positions
 
 # einops patterns that cut an input into non-overlapping patches, flattened as (patch cells, channel).
@@ -159,21 +159,17 @@ class PatchAdapter(InputAdapter):
         return rearrange(patches, _UNPATCHIFY[self.num_dims], **sizes)
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        patches = self.patchify(x)
+        self.check_input(x)
+        check_model_dtype(x, "x", self)
+        token_pad = self.patch_pad_mask(pad_mask, x)
+        patches = self.patchify(zero_padding(x, pad_mask, channel_dim=1))  # padded elements of real patches too
         tokens = patches if self.embedding is None else self.embedding(patches)
         grid = [n // p for n, p in zip(x.shape[2:], self.patch_size)]
-        return with_positions(tokens, self.positions, grid), self.patch_pad_mask(pad_mask, x)
+        return with_positions(tokens, self.positions, grid), token_pad
 
     def patch_pad_mask(self, pad_mask: Tensor | None, x: Tensor) -> Tensor | None:
         if pad_mask is None:
             return None
-        if not isinstance(pad_mask, Tensor) or pad_mask.dtype != torch.bool:
-            got = pad_mask.dtype if isinstance(pad_mask, Tensor) else type(pad_mask).__name__
-            raise TypeError(f"pad_mask: expected a torch.bool tensor (True = padding), got {got}")
-        expected = (x.shape[0], *x.shape[2:])
-        if tuple(pad_mask.shape) != expected:
-            raise ValueError(
-                f"pad_mask: expected shape {expected} (B and the input's spatial size), got {tuple(pad_mask.shape)}"
-            )
+        check_pad_mask(pad_mask, x.shape[0], *x.shape[2:], note=" (B and the input's spatial size)")
         sizes = dict(zip(("ph", "pw") if self.num_dims == 2 else ("pt",), self.patch_size))
         return rearrange(pad_mask, _MASK_PATCHES[self.num_dims], **sizes).all(dim=-1)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from perceiver.data import DATASETS, DataSourceError, build_dataset
+from perceiver.data.sources import SOURCES
 
 
 def main(argv=None) -> int:
@@ -20,6 +21,14 @@ def main(argv=None) -> int:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--source", default=None, help="read the raw data from here instead of its default place")
     args = parser.parse_args(argv)
+    # the usage errors argparse cannot see: reported like its own (usage, "error: ...", exit status 2)
+    splits = SOURCES[args.name].splits
+    for split in args.split or ():
+        if split not in splits:
+            build.error(f"argument --split: {args.name} has splits {', '.join(splits)}, got {split!r}")
+    for name, value in (("--limit", args.limit), ("--shard-size", args.shard_size)):
+        if value is not None and value < 1:
+            build.error(f"argument {name}: expected a positive number of samples, got {value}")
     try:
         written = build_dataset(args.name, args.out, splits=args.split, limit=args.limit,
                                 shard_size=args.shard_size, seed=args.seed, source=args.source)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from perceiver.data import codecs
 from perceiver.data.collate import collate
 from perceiver.data.errors import CorruptSampleError, MissingShardsError
-from perceiver.data.shards import iter_raw_samples
+from perceiver.data.shards import is_local_path, iter_raw_samples, local_path
 from perceiver.data.sources import SOURCES
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,27 @@ def find_shards(directory, name: str, split: str) -> list[str]:
             f"python -m perceiver.data build {name} --out {directory} --split {split}"
         )
     return paths
+
+
+def expand_shards(shards) -> list[str]:
+    """Shard URLs, as webdataset reads them: a path or URL, a brace pattern (``NAME-train-{000000..000059}.tar``),
+    several joined by ``::``, or a list (or tuple) of any of those; ``pathlib.Path`` objects too."""
+    items = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    urls = []
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)):
+            raise TypeError(f"shards: expected paths or URLs (str or os.PathLike), got {type(item).__name__}")
+        urls.extend(wds.shardlists.expand_urls(os.fspath(item)))
+    return urls
+
+
+def build_command(missing: str) -> str:
+    """The command that builds the shards a missing local path names (the generic form for other names)."""
+    path = pathlib.Path(missing)
+    match = _SHARD_NAME.match(path.name)
+    if match and match["name"] in SOURCES:
+        return f"python -m perceiver.data build {match['name']} --out {path.parent} --split {match['split']}"
+    return "python -m perceiver.data build NAME --out DIR"
 
 
 def distributed_position(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -242,19 +263,25 @@ def make_loader(
     required: tuple[str, ...] | None = None,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """An iterable of batches (dicts; see ``perceiver.data.collate``) over ``shards`` (paths or one path).
+    """An iterable of batches (dicts; see ``perceiver.data.collate``) over ``shards``.
+
+    ``shards`` is any webdataset URL or a list of them: local paths, brace patterns
+    (``data/fashion-mnist/fashion-mnist-train-{000000..000059}.tar``), ``pipe:CMD`` (e.g. ``pipe:aws s3 cp
+    s3://bucket/x.tar -``), ``http(s)://`` (read through curl), several joined by ``::``. Only local paths are
+    checked for existence up front; a remote shard that cannot be read is reported and skipped like a corrupt one.
 
     ``rank``/``world_size`` default to torch.distributed or env RANK/WORLD_SIZE. ``required`` overrides the fields
     a sample must have (default: the dataset's fields when the shard names a known dataset). Call
     ``loader.dataset.set_epoch(e)`` or build a new loader to change the epoch. A worker that yields no batch at all
     (every sample it read was corrupt) can only warn about its skips, not count them in a batch.
     """
-    shards = [str(shards)] if isinstance(shards, (str, os.PathLike)) else [str(shard) for shard in shards]
+    shards = expand_shards(shards)
     if not shards:
-        raise MissingShardsError("shards: expected at least one shard path, got none")
-    missing = [shard for shard in shards if not os.path.exists(shard)]
+        raise MissingShardsError("shards: expected at least one shard path or URL, got none")
+    missing = [shard for shard in shards if is_local_path(shard) and not os.path.exists(local_path(shard))]
     if missing:
-        raise MissingShardsError(f"shards: {len(missing)} path(s) do not exist, first {missing[0]}")
+        raise MissingShardsError(f"shards: {len(missing)} of {len(shards)} local path(s) do not exist, first "
+                                 f"{missing[0]}; build them with: {build_command(local_path(missing[0]))}")
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     if batch_size < 1 or shuffle_buffer < 1 or num_workers < 0:

@@ -106,13 +106,44 @@ def _pax_path(data: bytes) -> str | None:
     return None
 
 
+def is_local_path(url: str) -> bool:
+    """Whether a shard URL names a local file: a plain path (no ``scheme:``), not ``pipe:``, ``http(s):`` and so on.
+
+    ``file:`` URLs count as local too (``local_path`` gives the path).
+    """
+    url = str(url)
+    if url.startswith("file:"):
+        return True
+    scheme, colon, _ = url.partition(":")
+    # "C:..." drive letters aside, a scheme is letters (and + - .) before the first colon
+    return not colon or len(scheme) < 2 or not all(c.isalnum() or c in "+-." for c in scheme)
+
+
+def local_path(url: str) -> str:
+    """The file path of a local shard URL (``file:///a/b.tar`` → ``/a/b.tar``)."""
+    url = str(url)
+    if url.startswith("file://"):
+        return url[len("file://"):]
+    return url[len("file:"):] if url.startswith("file:") else url
+
+
+def open_shard(url: str):
+    """A binary stream of the shard at ``url``: a local path, or any URL webdataset's ``gopen`` opens (``pipe:CMD``,
+    ``http(s)://`` through curl, ...)."""
+    if is_local_path(url):
+        return open(local_path(url), "rb")
+    import webdataset as wds
+
+    return wds.gopen(str(url), "rb")
+
+
 def iter_members(path: str, report: Callable[[str, str], None]) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of every regular file in the tar at ``path``.
+    """(name, data) of every regular file in the tar at ``path`` (a local path or any URL ``open_shard`` opens).
 
     ``report(name_or_offset, problem)`` is called for each damaged header (skipped) and for a truncated last member
     (dropped); iteration goes on after a damaged header.
     """
-    with open(path, "rb") as file:
+    with open_shard(path) as file:
         offset, long_name, resyncing = 0, None, False
         while True:
             block = file.read(BLOCK)

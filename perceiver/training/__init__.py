@@ -16,7 +16,7 @@ from perceiver.training.distributed import DistributedContext, cleanup_distribut
 from perceiver.training.loop import BatchStream, TrainConfig, TrainResult, clip_gradients, train
 from perceiver.training.optim import Lamb, build_optimizer
 from perceiver.training.schedule import WarmupCosine, warmup_cosine_scheduler
-from perceiver.training.tracking import WANDB_MODES, Tracker, default_wandb_mode
+from perceiver.training.tracking import WANDB_MODES, Tracker, default_wandb_mode, default_wandb_project
 
 __all__ = [
     "LATEST",
@@ -33,6 +33,7 @@ __all__ = [
     "cleanup_distributed",
     "clip_gradients",
     "default_wandb_mode",
+    "default_wandb_project",
     "load_checkpoint",
     "rng_state",
     "save_checkpoint",

@@ -1,9 +1,7 @@
 """Atomic checkpoints and the random-number-generator states that exact resume needs.
 
-A checkpoint is written to a temporary file in the same directory, flushed and fsynced, then renamed over the
-target with ``os.replace`` (atomic on POSIX), and the directory is fsynced so the rename itself survives a power
-cut. A process killed at any moment therefore leaves either the previous checkpoint or the new one, never a torn file
-(and perhaps a hidden temporary file, which the next successful write of that path removes).
+A checkpoint is written with ``perceiver.files.atomic_write_bytes``: a process killed at any moment leaves either the
+previous checkpoint or the new one, never a torn file; the file gets the umask's permissions.
 """
 
 from __future__ import annotations
@@ -11,59 +9,15 @@ from __future__ import annotations
 import io
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from perceiver.files import atomic_write_bytes
+
 LATEST = "latest.pt"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that ``path`` holds either its old content or all of ``data``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    _remove_stale_temporaries(path)
-    return path
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    # One writer per path: any other temporary file of this name was left by a writer killed mid-write.
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms cannot open a directory; the rename is still atomic there
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:

@@ -154,6 +154,31 @@ def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float | None) -
     return nn.utils.clip_grad_norm_(list(parameters), math.inf if max_norm is None else max_norm)
 
 
+def adopt_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, config: TrainConfig, step: int) -> str | None:
+    """After a resume: give the restored schedule this run's length (``max_steps``, ``max_seconds``), warm-up and
+    floor, and set the optimizer's lr for ``step`` from it; returns what changed, or None when nothing did.
+
+    Without this, ``--resume`` with a larger ``--max-steps`` would train the extension at the old schedule's floor.
+    The schedule becomes the one a run started with this run's settings would have: the lr at ``step`` rises from
+    the old schedule's value to the new one's, then follows the new cosine to its floor at the new end.
+    """
+    schedule = scheduler.lr_lambdas[0]
+    wanted = {"max_steps": config.max_steps, "warmup_steps": config.warmup_steps,
+              "min_lr_ratio": config.min_lr_ratio, "max_seconds": config.max_seconds}
+    before = {name: getattr(schedule, name) for name in wanted}
+    if before == wanted:
+        return None
+    old_lr = scheduler.get_last_lr()[0]
+    for name, value in wanted.items():
+        setattr(schedule, name, value)  # elapsed_seconds, the clock of a time budget, is kept
+    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * schedule(step)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    changes = ", ".join(f"{name} {before[name]} -> {wanted[name]}" for name in wanted if before[name] != wanted[name])
+    return (f"resume: the lr schedule changes ({changes}); it now follows the schedule of these settings: lr at step "
+            f"{step} {old_lr:.3e} -> {scheduler.get_last_lr()[0]:.3e}")
+
+
 def reduce_numbers(values: dict[str, Any], device: torch.device) -> dict[str, float]:
     """Average the numeric entries over ranks (one all-reduce); non-numeric entries are dropped."""
     names = [k for k, v in values.items() if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)]
@@ -211,6 +236,9 @@ def train(
         if is_main:
             print(f"resuming from {checkpoint_path} at step {step} (epoch {position['epoch']}, "
                   f"batch {position['batches']})")
+        change = adopt_schedule(scheduler, config, step)
+        if change and is_main:
+            print(change)
     batches = BatchStream(make_batches, epoch=position["epoch"], consumed=position["batches"])
     if saved_rng is not None:
         if len(saved_rng) != world:
@@ -247,14 +275,14 @@ def train(
         model.train()
         numbers = reduce_numbers(values, device)
         extras = {k: v for k, v in values.items() if k not in numbers}
-        if is_main:
-            print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
+        if is_main:  # tqdm.write: on a line of its own, above the progress bar
+            tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
         tracker.log({f"eval/{k}": v for k, v in {**numbers, **extras}.items()}, step=step)
         return numbers
 
     result = TrainResult(step=step)
-    progress = tqdm(total=config.max_steps, initial=step, desc="training", unit="step",
-                    disable=not (is_main and config.progress))
+    show_bar = is_main and config.progress
+    progress = tqdm(total=config.max_steps, initial=step, desc="training", unit="step", disable=not show_bar)
     # Sums since the last log, kept on the device so that logging, not every step, synchronises with the GPU.
     loss_sum, samples, corrupt = torch.zeros((), device=device, dtype=torch.float64), 0, 0
     metric_sums: dict[str, torch.Tensor] = {}
@@ -288,6 +316,8 @@ def train(
         loss_sum += loss.detach().double()
         for name, value in metrics.items():
             metric_sums[name] = metric_sums.get(name, 0.0) + torch.as_tensor(value, device=device).detach().double()
+        if show_bar:  # the mean loss since the last log step, so the bar moves every step (one sync a step)
+            progress.set_postfix(loss=f"{float(loss_sum) / window_steps:.4f}", lr=f"{lr:.2e}", refresh=False)
         progress.update(1)
 
         last = step == config.max_steps or out_of_time
@@ -298,7 +328,9 @@ def train(
             totals = distributed.all_reduce_sum(torch.tensor([samples, corrupt], dtype=torch.float64, device=device))
             corrupt_total += int(totals[1])
             result.losses.append((step, reduced["loss"]))
-            progress.set_postfix(loss=f"{reduced['loss']:.4f}", lr=f"{lr:.2e}")
+            if is_main and not config.progress:  # no bar (e.g. cluster logs): one plain line per log step
+                tqdm.write(f"step {step}/{config.max_steps}: loss {reduced['loss']:.4f}, lr {lr:.2e}, "
+                           f"{window_steps / max(elapsed, 1e-9):.2f} steps/s")
             tracker.log({**{f"train/{k}": v for k, v in reduced.items()}, "train/lr": lr,
                          "train/grad_norm": grad_norm.item(), "train/samples_per_second": float(totals[0]) / elapsed,
                          "data/corrupt_samples": corrupt_total}, step=step)

@@ -1,4 +1,5 @@
-"""Figures for wandb: a confusion matrix, where the latents look in the input (first cross-attention), image grids.
+"""Figures for the logs (wandb and ``OUT/figures/``): a confusion matrix, where the latents look in the input (first
+cross-attention), image grids.
 
 matplotlib is imported when a figure is drawn, so training never needs it otherwise.
 """
