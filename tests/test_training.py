@@ -132,6 +132,14 @@ def test_warmup_cosine_over_a_time_budget_follows_the_elapsed_time():
     assert factor(6) == pytest.approx(0.1)
 
 
+def test_warmup_cosine_with_both_budgets_follows_the_one_nearer_its_end():
+    factor = WarmupCosine(warmup_steps=0, max_steps=10, min_lr_ratio=0.1, max_seconds=1000.0)
+    factor.elapsed_seconds = 1.0  # the clock has barely started: the 10 steps lead
+    assert factor(5) == pytest.approx(0.55) and factor(10) == pytest.approx(0.1)
+    factor.elapsed_seconds = 1000.0  # the time is spent: the floor, whatever the step
+    assert factor(1) == pytest.approx(0.1)
+
+
 def test_training_stops_when_its_time_budget_is_spent(tmp_path):
     import time
 

@@ -12,8 +12,8 @@ class WarmupCosine:
 
     Steps ``0 .. warmup_steps - 1`` ramp linearly up to 1 (the first step already trains, at ``1 / warmup_steps``);
     then the factor follows half a cosine from 1 at ``warmup_steps`` down to ``min_lr_ratio`` at ``max_steps``.
-    With a time budget (``max_seconds``) the cosine runs over the training time instead: its progress is
-    ``elapsed_seconds / max_seconds``, where the training loop keeps ``elapsed_seconds`` up to date, so a run that
+    With a time budget (``max_seconds``) the cosine runs over the training time as well: its progress is the larger
+    of the step fraction and ``elapsed_seconds / max_seconds``, where the training loop keeps ``elapsed_seconds`` up to date, so a run that
     trains until a wall-clock budget ends its schedule when the budget ends, whatever its speed.
     A plain object (not a lambda) so that ``LambdaLR.state_dict`` can save it with a checkpoint.
     """
@@ -37,10 +37,12 @@ class WarmupCosine:
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
         if self.max_seconds is not None:
-            progress = min(1.0, self.elapsed_seconds / self.max_seconds)
-        else:
-            progress = min(1.0, (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps))
+            # Whichever budget is nearer its end leads: a time budget with a generous step cap follows the clock,
+            # a short step count under a long time budget still decays over its steps.
+            progress = max(progress, self.elapsed_seconds / self.max_seconds)
+        progress = min(1.0, progress)
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
