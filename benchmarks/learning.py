@@ -12,7 +12,7 @@ budget followed by a cosine decay to a tenth over the rest, both on the training
 its own process on one thread (``--parallel`` processes at a time, one per core); the clock counts training steps
 only, and the whole test split is scored at ``--evals`` evenly spaced points of the budget.
 
-Models (Perceivers at one size: 32 latents of 128 channels, 4 latent self-attention layers, 4 heads, MLPs twice as
+Models (Perceivers at one size: 32 latents of 128 channels, 2 latent self-attention layers, 4 heads, MLPs twice as
 wide; each implementation with its own input preprocessing and its own initialisation):
 
 - ``ours``: ``perceiver`` with its default initialisation and a ``ConvAdapter`` (3×3 convolutions of 32, 64 and
@@ -62,7 +62,7 @@ class Recipe:
     grad_clip: float = 1.0
     num_latents: int = 32
     latent_channels: int = 128
-    layers: int = 4
+    layers: int = 2  # as python -m experiments.fashion_mnist
     heads: int = 4
     widening: int = 2
     train_limit: int | None = None
