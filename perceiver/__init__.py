@@ -4,6 +4,7 @@ Masks follow one convention throughout the package: a bool tensor (B, M), True w
 ``perceiver.masks``).
 """
 
+from perceiver.ar import PerceiverAR
 from perceiver.attention import MultiHeadAttention, attend, attention_backend
 from perceiver.config import build_module, load_model, module_spec, save_model
 from perceiver.decoder import PerceiverDecoder
@@ -19,6 +20,7 @@ __all__ = [
     "MultiHeadAttention",
     "PerceiverDecoder",
     "PerceiverEncoder",
+    "PerceiverAR",
     "PerceiverIO",
     "SelfAttentionBlock",
     "SelfAttentionLayer",
