@@ -166,28 +166,32 @@ class PerceiverAR(nn.Module):
             x = x + self.position_encoding.encode_index(positions)
         return x
 
-    def _rotate(self, heads: Tensor, positions: Tensor) -> Tensor:
-        return heads if self.rotary is None else self.rotary(heads, positions)
+    def _angles(self, positions: Tensor, dtype: torch.dtype):
+        """The rotary angles of ``positions`` (None without rotary positions), shared by every layer."""
+        return None if self.rotary is None else self.rotary.angles(positions, dtype)
 
-    def _cross_keys_values(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+    def _rotate(self, heads: Tensor, angles) -> Tensor:
+        return heads if angles is None else self.rotary.rotate(heads, angles)
+
+    def _cross_keys_values(self, x: Tensor, angles) -> tuple[Tensor, Tensor]:
         """The cross-attention's key and value heads of embedded tokens: they depend on each token alone."""
         layer = self.cross_attention
         k, v = layer.attention.project_keys_values(layer.kv_norm(x))
-        return self._rotate(k, positions), v
+        return self._rotate(k, angles), v
 
-    def _cross(self, x_latent: Tensor, positions: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None) -> Tensor:
+    def _cross(self, x_latent: Tensor, angles, k: Tensor, v: Tensor, pad_mask: Tensor | None) -> Tensor:
         layer = self.cross_attention
-        q = self._rotate(layer.attention.project_queries(layer.q_norm(x_latent)), positions)
+        q = self._rotate(layer.attention.project_queries(layer.q_norm(x_latent)), angles)
         x = x_latent + layer.dropout(layer.attention.attend_heads(q, k, v, pad_mask))
         return x + layer.mlp(x)
 
-    def _self(self, layer: SelfAttentionLayer, x: Tensor, positions: Tensor, pad_mask: Tensor | None,
+    def _self(self, layer: SelfAttentionLayer, x: Tensor, angles, pad_mask: Tensor | None,
               cached: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """One causal self-attention layer; ``cached``: key/value heads of the earlier latents (then no padding)."""
         normed = layer.norm(x)
-        q = self._rotate(layer.attention.project_queries(normed), positions)
+        q = self._rotate(layer.attention.project_queries(normed), angles)
         k, v = layer.attention.project_keys_values(normed)
-        k = self._rotate(k, positions)
+        k = self._rotate(k, angles)
         if cached is not None:
             k, v = torch.cat([cached[0], k], dim=2), torch.cat([cached[1], v], dim=2)
         x = x + layer.dropout(layer.attention.attend_heads(q, k, v, pad_mask))
@@ -202,11 +206,12 @@ class PerceiverAR(nn.Module):
         keys_x, keys_positions, keys_pad = x, positions, pad_mask
         if self.training and self.prefix_dropout > 0 and length - n > 1:
             keys_x, keys_positions, keys_pad = self._drop_prefix(x, positions_2d, pad_mask, length - n)
-        k, v = self._cross_keys_values(keys_x, keys_positions)
-        h = self._cross(x[:, length - n:], latent_positions, k, v, keys_pad)
+        latent_angles = self._angles(latent_positions, x.dtype)
+        k, v = self._cross_keys_values(keys_x, self._angles(keys_positions, x.dtype))
+        h = self._cross(x[:, length - n:], latent_angles, k, v, keys_pad)
         caches = [(k, v)]
         for layer in self.self_attention:
-            h, kv = self._self(layer, h, latent_positions, latent_pad)
+            h, kv = self._self(layer, h, latent_angles, latent_pad)
             caches.append(kv)
         return self.output(self.norm(h)), caches
 
@@ -284,12 +289,13 @@ class PerceiverAR(nn.Module):
         """Logits (B, vocab) after one new id (B, 1) at window ``position``, and the grown cache."""
         positions = torch.tensor([position], device=token.device)
         x = self._embed(token, positions)
-        k, v = self._cross_keys_values(x, positions)
+        angles = self._angles(positions, x.dtype)
+        k, v = self._cross_keys_values(x, angles)
         k, v = torch.cat([cache[0][0], k], dim=2), torch.cat([cache[0][1], v], dim=2)
-        h = self._cross(x, positions, k, v, None)
+        h = self._cross(x, angles, k, v, None)
         grown = [(k, v)]
         for layer, cached in zip(self.self_attention, cache[1:]):
-            h, kv = self._self(layer, h, positions, None, cached)
+            h, kv = self._self(layer, h, angles, None, cached)
             grown.append(kv)
         return self.output(self.norm(h))[:, -1], grown
 

@@ -201,13 +201,23 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"x: expected heads (B, H, L, D >= {self.num_channels}), got shape {tuple(x.shape)}")
         if positions.shape[-1] != x.shape[2] or positions.dim() not in (1, 2):
             raise ValueError(f"positions: expected shape (B, {x.shape[2]}) or ({x.shape[2]},), got {tuple(positions.shape)}")
-        precision = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return self.rotate(x, self.angles(positions, x.dtype))
+
+    def angles(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos and sin (L, num_channels / 2) or (B, 1, L, num_channels / 2) of ``positions``, to rotate heads of
+        ``dtype`` with ``rotate`` (compute them once for all the layers that share positions)."""
+        precision = torch.float64 if dtype == torch.float64 else torch.float32
         half = self.num_channels // 2
-        frequencies = self.base ** (-torch.arange(half, dtype=precision, device=x.device) / half)
-        angles = positions.to(precision)[..., None] * frequencies  # (B, L, half) or (L, half)
+        frequencies = self.base ** (-torch.arange(half, dtype=precision, device=positions.device) / half)
+        angles = positions.to(precision)[..., None] * frequencies
         if angles.dim() == 3:
             angles = angles[:, None]  # (B, 1, L, half): every head turns alike
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def rotate(self, x: Tensor, angles: tuple[Tensor, Tensor]) -> Tensor:
+        """Heads ``x`` (B, H, L, D) rotated by the ``angles`` of their positions."""
+        cos, sin = angles
+        half = self.num_channels // 2
         x1, x2, rest = x[..., :half], x[..., half : self.num_channels], x[..., self.num_channels :]
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
 
