@@ -186,14 +186,15 @@ class PerceiverAR(nn.Module):
         return x + layer.mlp(x)
 
     def _self(self, layer: SelfAttentionLayer, x: Tensor, angles, pad_mask: Tensor | None,
-              cached: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """One causal self-attention layer; ``cached``: key/value heads of the earlier latents (then no padding)."""
+              cache: "KeyValueCache | None" = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One causal self-attention layer; ``cache``: key/value heads of the earlier latents, grown by this call's
+        (then no padding)."""
         normed = layer.norm(x)
         q = self._rotate(layer.attention.project_queries(normed), angles)
         k, v = layer.attention.project_keys_values(normed)
         k = self._rotate(k, angles)
-        if cached is not None:
-            k, v = torch.cat([cached[0], k], dim=2), torch.cat([cached[1], v], dim=2)
+        if cache is not None:
+            k, v = cache.append(k, v)
         x = x + layer.dropout(layer.attention.attend_heads(q, k, v, pad_mask))
         return x + layer.mlp(x), (k, v)
 
@@ -227,7 +228,7 @@ class PerceiverAR(nn.Module):
 
     # -------------------------------------------------------------------------------------------- generation
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self,
         prompt_ids: Tensor,
@@ -273,10 +274,12 @@ class PerceiverAR(nn.Module):
                     logits = self(window, num_latents=n)[:, -1]
                 elif cache is None:
                     positions = torch.arange(window.shape[1], device=window.device)
-                    logits, cache = self._run(self._embed(window, positions), positions, None, n)
+                    logits, heads = self._run(self._embed(window, positions), positions, None, n)
                     logits = logits[:, -1]
+                    cache = [KeyValueCache(*heads[0], capacity=self.max_seq_len)]
+                    cache += [KeyValueCache(k, v, capacity=self.num_latents) for k, v in heads[1:]]
                 else:
-                    logits, cache = self._step(window[:, -1:], window.shape[1] - 1, cache)
+                    logits = self._step(window[:, -1:], window.shape[1] - 1, cache)
                 token = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
                 new.append(token)
                 window, n = torch.cat([window, token[:, None]], dim=1), n + 1
@@ -285,19 +288,16 @@ class PerceiverAR(nn.Module):
         out = torch.cat([ids, *[token[:, None] for token in new]], dim=1)
         return out[0] if squeeze else out
 
-    def _step(self, token: Tensor, position: int, cache: list[tuple[Tensor, Tensor]]):
-        """Logits (B, vocab) after one new id (B, 1) at window ``position``, and the grown cache."""
+    def _step(self, token: Tensor, position: int, cache: list["KeyValueCache"]) -> Tensor:
+        """Logits (B, vocab) after one new id (B, 1) at window ``position``; grows every layer's cache by one."""
         positions = torch.tensor([position], device=token.device)
         x = self._embed(token, positions)
         angles = self._angles(positions, x.dtype)
         k, v = self._cross_keys_values(x, angles)
-        k, v = torch.cat([cache[0][0], k], dim=2), torch.cat([cache[0][1], v], dim=2)
-        h = self._cross(x, angles, k, v, None)
-        grown = [(k, v)]
-        for layer, cached in zip(self.self_attention, cache[1:]):
-            h, kv = self._self(layer, h, angles, None, cached)
-            grown.append(kv)
-        return self.output(self.norm(h))[:, -1], grown
+        h = self._cross(x, angles, *cache[0].append(k, v), None)
+        for layer, layer_cache in zip(self.self_attention, cache[1:]):
+            h, _ = self._self(layer, h, angles, None, layer_cache)
+        return self.output(self.norm(h))[:, -1]
 
     def _check_generate_args(self, prompt_ids, max_new_tokens, temperature, top_k, top_p) -> tuple[Tensor, bool]:
         if not isinstance(prompt_ids, Tensor) or prompt_ids.dtype not in (torch.int32, torch.int64) \
@@ -333,6 +333,29 @@ class PerceiverAR(nn.Module):
         if not isinstance(model, cls):
             raise TypeError(f"directory: expected a saved {cls.__name__}, found a {type(model).__name__}")
         return model
+
+
+class KeyValueCache:
+    """Key and value heads (B, H, length, D) of one attention layer in buffers of ``capacity`` positions, so that
+    growing them by one position writes that position only (no copy of the whole cache per generated id)."""
+
+    def __init__(self, k: Tensor, v: Tensor, *, capacity: int):
+        batch_size, heads, length, _ = k.shape
+        self.k = k.new_empty(batch_size, heads, capacity, k.shape[-1])
+        self.v = v.new_empty(batch_size, heads, capacity, v.shape[-1])
+        self.k[:, :, :length] = k
+        self.v[:, :, :length] = v
+        self.length = length
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add the heads of new positions; returns views of all cached keys and values."""
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            raise RuntimeError(f"KeyValueCache: {end} positions exceed its capacity of {self.k.shape[2]}")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 def check_sampling(temperature, top_k, top_p, vocab_size: int) -> None:

@@ -218,8 +218,11 @@ class RotaryEmbedding(nn.Module):
         """Heads ``x`` (B, H, L, D) rotated by the ``angles`` of their positions."""
         cos, sin = angles
         half = self.num_channels // 2
-        x1, x2, rest = x[..., :half], x[..., half : self.num_channels], x[..., self.num_channels :]
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
+        x1, x2 = x[..., :half], x[..., half : self.num_channels]
+        rotated = [x1 * cos - x2 * sin, x1 * sin + x2 * cos]
+        if x.shape[-1] > self.num_channels:
+            rotated.append(x[..., self.num_channels :])
+        return torch.cat(rotated, dim=-1)
 
 
 def build_position_encoding(
