@@ -2,8 +2,7 @@
 
 A ``PerceiverAR`` over a ``--context`` of bytes (default 2,048, the prompt filling it) generates ``--new-bytes`` with
 ``generate(use_cache=True)`` and with ``generate(use_cache=False)`` (one full forward per byte over the same windows),
-for each of ``--num-latents`` (the default 128, and 512: a cached step costs about the same whatever the latent
-count, a full forward grows with it).
+for each of ``--num-latents`` (128, PerceiverAR's default, and 512).
 Both produce the same bytes (checked); the cached time includes the window rebuilds, one per ``stride`` bytes. Run
 on one CPU thread; prints a Markdown table and writes the same figures as JSON (OUT.md, OUT.json). Target: cached
 >= 5x faster per byte.
