@@ -9,6 +9,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from perceiver.ar import PerceiverAR
 from perceiver.attention import MultiHeadAttention, attend, attention_backend
 from perceiver.config import build_module, load_model, module_spec, save_model
 from perceiver.decoder import PerceiverDecoder
@@ -24,6 +25,7 @@ __all__ = [
     "MultiHeadAttention",
     "PerceiverDecoder",
     "PerceiverEncoder",
+    "PerceiverAR",
     "PerceiverIO",
     "SelfAttentionBlock",
     "SelfAttentionLayer",

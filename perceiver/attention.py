@@ -10,11 +10,18 @@ Backends (``attend(..., backend=...)`` or ``with attention_backend(name):``):
 
 Every backend follows the package's mask convention (``pad_mask`` (B, M) bool, True = padding, see
 ``perceiver.masks``) and gives a query whose keys are all padding a zero output and zero gradients, never NaN.
+
+``causal=True`` aligns the N queries with the **last** N of the M keys: query i (0-based) sees key j iff
+j <= i + M - N, combined with the key padding (Perceiver AR's latents are the last N positions of their input, and
+self-attention is the case N = M). A query that sees no unpadded key (e.g. i < N - M when N > M) gets a zero output
+and zero gradients, as a fully padded one does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import math
 from typing import Iterator, Literal
 
@@ -57,22 +64,35 @@ def _triton_kernels():
     return kernels if hasattr(kernels, "attention") else None
 
 
-def _triton_unsupported_reason(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None) -> str | None:
+@functools.lru_cache(maxsize=None)
+def _kernels_take_causal(attention_fn) -> bool:
+    """Whether the kernels' ``attention`` accepts the ``causal`` keyword (older kernels do not)."""
+    try:
+        return "causal" in inspect.signature(attention_fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _triton_unsupported_reason(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None,
+                               causal: bool = False) -> str | None:
     kernels = _triton_kernels()
     if kernels is None:
         return "perceiver.kernels could not be imported (is triton installed?)"
+    if causal and not _kernels_take_causal(kernels.attention):
+        return "this version of perceiver.kernels.attention has no causal option"
     if k.shape[-1] != v.shape[-1]:
         return f"the kernels need equal qk and v head dims, got {k.shape[-1]} and {v.shape[-1]}"
     return kernels.unsupported_reason(q, k, v, pad_mask)
 
 
-def resolve_backend(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None = None, backend: str | None = None) -> str:
+def resolve_backend(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None = None, backend: str | None = None,
+                    *, causal: bool = False) -> str:
     """The backend that ``attend`` will use for this call: ``"triton"``, ``"sdpa"`` or ``"math"``."""
     backend = _default_backend if backend is None else backend
     _check_backend(backend)
     if backend != "auto":
         return backend
-    if q.is_cuda and _triton_unsupported_reason(q, k, v, pad_mask) is None:
+    if q.is_cuda and _triton_unsupported_reason(q, k, v, pad_mask, causal) is None:
         return "triton"
     return "sdpa"
 
@@ -83,25 +103,47 @@ def attend(
     v: Tensor,
     pad_mask: Tensor | None = None,
     *,
+    causal: bool = False,
     scale: float | None = None,
     backend: Backend | None = None,
 ) -> Tensor:
-    """softmax(scale · q kᵀ, ignoring padded keys) v.
+    """softmax(scale · q kᵀ, ignoring padded keys and, if ``causal``, later keys) v.
 
     q (B, H, N, Dqk), k (B, H, M, Dqk), v (B, H, M, Dv), pad_mask (B, M) bool with True = padding.
-    Returns (B, H, N, Dv). ``scale`` defaults to 1/sqrt(Dqk).
+    Returns (B, H, N, Dv). ``scale`` defaults to 1/sqrt(Dqk). ``causal``: query i sees key j iff j <= i + M - N
+    (queries aligned with the last N keys; see the module docstring).
     """
     _check_attend_inputs(q, k, v, pad_mask)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    chosen = resolve_backend(q, k, v, pad_mask, backend)
+    chosen = resolve_backend(q, k, v, pad_mask, backend, causal=causal)
     if chosen == "triton":
-        reason = _triton_unsupported_reason(q, k, v, pad_mask)
+        reason = _triton_unsupported_reason(q, k, v, pad_mask, causal)
         if reason is not None:
             raise RuntimeError(f"attention backend 'triton' cannot run this call: {reason}")
+        if causal:
+            return _triton_kernels().attention(q, k, v, pad_mask, scale=scale, causal=True)
         return _triton_kernels().attention(q, k, v, pad_mask, scale=scale)
     if chosen == "sdpa":
-        return _sdpa_attention(q, k, v, pad_mask, scale)
-    return _math_attention(q, k, v, pad_mask, scale)
+        return _sdpa_attention(q, k, v, pad_mask, scale, causal)
+    return _math_attention(q, k, v, pad_mask, scale, causal)
+
+
+def causal_mask(num_queries: int, num_keys: int, device=None) -> Tensor:
+    """(N, M) bool, True where query i must ignore key j: j > i + M - N (queries aligned with the last N keys)."""
+    offset = num_keys - num_queries
+    queries = torch.arange(num_queries, device=device)[:, None]
+    return torch.arange(num_keys, device=device)[None, :] > queries + offset
+
+
+def _ignored_keys(pad_mask: Tensor | None, causal: bool, n: int, m: int, device) -> Tensor | None:
+    """Bool mask broadcastable to (B, H, N, M), True = ignore; None when every query sees every key."""
+    ignore = None if pad_mask is None else pad_mask[:, None, None, :]
+    if causal and n > 1:  # with one query (i = 0 sees j <= M - 1) nothing is hidden
+        future = causal_mask(n, m, device)[None, None]
+        ignore = future if ignore is None else ignore | future
+    return ignore
 
 
 def _check_attend_inputs(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None) -> None:
@@ -119,22 +161,28 @@ def _check_attend_inputs(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | Non
     check_pad_mask(pad_mask, b, m)
 
 
-def _sdpa_attention(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None, scale: float) -> Tensor:
-    if pad_mask is None:
+def _sdpa_attention(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None, scale: float,
+                    causal: bool = False) -> Tensor:
+    n, m = q.shape[2], k.shape[2]
+    if causal and pad_mask is None and n == m:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, is_causal=True)
+    ignore = _ignored_keys(pad_mask, causal, n, m, q.device)
+    if ignore is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    # A sample whose keys are all padding would give NaN in some SDPA kernels. Let it attend to everything
-    # (finite values), then zero its output: the zeroing also stops every gradient into that sample.
-    empty = pad_mask.all(dim=1)
-    keep = ~(pad_mask & ~empty[:, None])
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :], scale=scale)
-    return out.masked_fill(empty[:, None, None, None], 0.0)
+    # A query whose keys are all ignored would give NaN in some SDPA kernels. Let it attend to everything
+    # (finite values), then zero its output: the zeroing also stops every gradient through that query.
+    empty = ignore.all(dim=-1, keepdim=True)  # (B or 1, 1, N or 1, 1)
+    keep = ~(ignore & ~empty)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale)
+    return out.masked_fill(empty, 0.0)
 
 
-def _math_attention(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None, scale: float) -> Tensor:
+def _math_attention(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None, scale: float,
+                    causal: bool = False) -> Tensor:
     scores = torch.einsum("bhnd,bhmd->bhnm", q, k) * scale
-    if pad_mask is None:
+    ignore = _ignored_keys(pad_mask, causal, q.shape[2], k.shape[2], q.device)
+    if ignore is None:
         return torch.einsum("bhnm,bhmd->bhnd", scores.softmax(dim=-1), v)
-    ignore = pad_mask[:, None, None, :]
     # The most negative finite value (not -inf) keeps an all-padding row finite; zeroing the weights afterwards
     # makes its output and gradients exactly zero.
     weights = scores.masked_fill(ignore, torch.finfo(scores.dtype).min).softmax(dim=-1).masked_fill(ignore, 0.0)
@@ -146,7 +194,11 @@ class MultiHeadAttention(nn.Module):
 
     Query/key and value channels may differ (Perceiver IO uses narrow qk channels to save compute on long inputs):
     ``num_qk_channels`` defaults to ``num_q_input_channels``, ``num_v_channels`` to ``num_qk_channels``, and the
-    output has ``num_output_channels`` (default ``num_q_input_channels``).
+    output has ``num_output_channels`` (default ``num_q_input_channels``). ``causal=True`` aligns the queries with
+    the last keys (see ``attend``).
+
+    ``forward`` is ``attend_heads(project_queries(x_q), *project_keys_values(x_kv), pad_mask)``; the three steps are
+    public so that a model can transform the heads in between (rotary positions) or cache keys and values.
     """
 
     def __init__(
@@ -158,6 +210,7 @@ class MultiHeadAttention(nn.Module):
         num_qk_channels: int | None = None,
         num_v_channels: int | None = None,
         num_output_channels: int | None = None,
+        causal: bool = False,
         backend: Backend | None = None,
     ):
         super().__init__()
@@ -172,6 +225,7 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.num_q_input_channels = num_q_input_channels
         self.num_kv_input_channels = num_kv_input_channels
+        self.causal = causal
         self.backend = backend
         self.q_proj = nn.Linear(num_q_input_channels, num_qk_channels)
         self.k_proj = nn.Linear(num_kv_input_channels, num_qk_channels)
@@ -183,11 +237,21 @@ class MultiHeadAttention(nn.Module):
         _check_channels("x_kv", x_kv, self.num_kv_input_channels)
         if x_q.shape[0] != x_kv.shape[0]:
             raise ValueError(f"x_kv: expected batch size {x_q.shape[0]} (as x_q), got {x_kv.shape[0]}")
-        split = "b n (h d) -> b h n d"
-        q = rearrange(self.q_proj(x_q), split, h=self.num_heads)
-        k = rearrange(self.k_proj(x_kv), split, h=self.num_heads)
-        v = rearrange(self.v_proj(x_kv), split, h=self.num_heads)
-        out = attend(q, k, v, pad_mask, backend=self.backend)
+        return self.attend_heads(self.project_queries(x_q), *self.project_keys_values(x_kv), pad_mask)
+
+    def project_queries(self, x_q: Tensor) -> Tensor:
+        """Query heads (B, H, N, Dqk / H) of ``x_q`` (B, N, Cq)."""
+        return rearrange(self.q_proj(x_q), "b n (h d) -> b h n d", h=self.num_heads)
+
+    def project_keys_values(self, x_kv: Tensor) -> tuple[Tensor, Tensor]:
+        """Key heads (B, H, M, Dqk / H) and value heads (B, H, M, Dv / H) of ``x_kv`` (B, M, Ckv)."""
+        split = "b m (h d) -> b h m d"
+        return (rearrange(self.k_proj(x_kv), split, h=self.num_heads),
+                rearrange(self.v_proj(x_kv), split, h=self.num_heads))
+
+    def attend_heads(self, q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+        """Attention of projected heads (this module's ``causal`` and backend), merged and projected: (B, N, Cout)."""
+        out = attend(q, k, v, pad_mask, causal=self.causal, backend=self.backend)
         return self.o_proj(rearrange(out, "b h n d -> b n (h d)"))
 
 

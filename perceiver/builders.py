@@ -7,6 +7,9 @@ The encoder reads the input adapter's width, the decoder and its queries the lat
 ``PerceiverEncoder`` takes (heads, layers per block, blocks, ``dropout``, ``init_scale``, ``backend``, …) is passed
 through as a keyword argument, and ``widening_factor`` sets the MLPs of the encoder and the decoder alike. The result
 is a plain ``PerceiverIO`` (its modules can be replaced or inspected as usual) that saves and loads like any other.
+
+``perceiver_ar`` builds the autoregressive ``PerceiverAR`` (no adapter: it reads token ids), or, with no
+``num_latents``, the decoder-only transformer (GPT) of the same layers that it is compared with.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from perceiver.adapters import (ClassificationOutput, ClassificationQuery, InputAdapter, ReconstructionOutput,
                                 ReconstructionQueries, TokenOutput, TokenQueries)
+from perceiver.ar import PerceiverAR
 from perceiver.decoder import PerceiverDecoder
 from perceiver.encoder import PerceiverEncoder
 from perceiver.model import PerceiverIO
@@ -83,3 +87,12 @@ def autoencoder(input_adapter: InputAdapter, *, output_shapes: dict[str, list[in
     return perceiver_io(input_adapter, query_provider=queries,
                         output_adapter=ReconstructionOutput(num_channels=num_latent_channels, num_values=num_values),
                         num_latent_channels=num_latent_channels, **kwargs)
+
+
+def perceiver_ar(*, max_seq_len: int, num_latents: int | None = None, **kwargs) -> PerceiverAR:
+    """A ``PerceiverAR`` over ``max_seq_len`` ids; ``num_latents=None`` makes every position a latent (no prefix, no
+    prefix dropout): a GPT of the same layers. Other keyword arguments go to ``PerceiverAR``."""
+    if num_latents is None:
+        num_latents = max_seq_len
+        kwargs.setdefault("prefix_dropout", 0.0)
+    return PerceiverAR(max_seq_len=max_seq_len, num_latents=num_latents, **kwargs)

@@ -31,7 +31,8 @@ class CrossAttentionLayer(nn.Module):
     """Queries ``x_q`` (B, N, Cq) read ``x_kv`` (B, M, Ckv); then an MLP. Both with residual connections.
 
     ``query_residual=False`` drops the residual around the attention (Perceiver IO decoders do this, so that an output
-    query's own features do not leak into its output).
+    query's own features do not leak into its output). ``causal=True``: the N queries are aligned with the last N
+    of the M keys, query i sees key j iff j <= i + M - N (Perceiver AR).
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class CrossAttentionLayer(nn.Module):
         widening_factor: int = 1,
         dropout: float = 0.0,
         query_residual: bool = True,
+        causal: bool = False,
         backend: Backend | None = None,
     ):
         super().__init__()
@@ -56,6 +58,7 @@ class CrossAttentionLayer(nn.Module):
             num_kv_input_channels=num_kv_input_channels,
             num_qk_channels=num_qk_channels,
             num_v_channels=num_v_channels,
+            causal=causal,
             backend=backend,
         )
         self.dropout = nn.Dropout(dropout)
@@ -69,7 +72,7 @@ class CrossAttentionLayer(nn.Module):
 
 
 class SelfAttentionLayer(nn.Module):
-    """Self-attention of ``x`` (B, N, C) over itself, then an MLP, both residual."""
+    """Self-attention of ``x`` (B, N, C) over itself, then an MLP, both residual; ``causal``: token i sees tokens <= i."""
 
     def __init__(
         self,
@@ -80,6 +83,7 @@ class SelfAttentionLayer(nn.Module):
         num_v_channels: int | None = None,
         widening_factor: int = 1,
         dropout: float = 0.0,
+        causal: bool = False,
         backend: Backend | None = None,
     ):
         super().__init__()
@@ -90,6 +94,7 @@ class SelfAttentionLayer(nn.Module):
             num_kv_input_channels=num_channels,
             num_qk_channels=num_qk_channels,
             num_v_channels=num_v_channels,
+            causal=causal,
             backend=backend,
         )
         self.dropout = nn.Dropout(dropout)

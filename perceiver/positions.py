@@ -11,6 +11,8 @@ padding-invariant: padding a sample never moves the position of one of its real 
   ``[p, sin(pi f_k p), cos(pi f_k p)]``. Channel order: the raw positions (``d``), then all sines, then all cosines,
   each dimension-major (``d * K``). It also encodes arbitrary positions (..., d), e.g. subsampled output points.
 - ``LearnedPositionEncoding``: one learned vector per grid cell.
+- ``RotaryEmbedding``: rotary positions (Su et al., 2021) for 1-D sequences, applied to query and key heads rather
+  than to tokens, so that attention scores depend on relative positions only (Perceiver AR).
 
 Both implement ``at_index(flat_index)`` (row-major index into the ``max_shape`` grid) and ``grid(shape)``.
 """
@@ -174,6 +176,53 @@ class LearnedPositionEncoding(PositionEncoding):
     def forward(self, index: Tensor) -> Tensor:
         """Same as ``at_index``."""
         return self.at_index(index)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotates the first ``num_channels`` channels of each query or key head by angles proportional to its position.
+
+    Channel pair (c, c + num_channels / 2) of a head at position p turns by p · base^(-2c / num_channels), so that the
+    product of a rotated query at p and a rotated key at p' depends on p - p' only. Channels beyond ``num_channels``
+    pass unchanged. The angles are computed in float64 for float64 heads and in float32 otherwise.
+    """
+
+    def __init__(self, *, num_channels: int, base: float = 10000.0):
+        super().__init__()
+        if not (isinstance(num_channels, int) and num_channels > 0 and num_channels % 2 == 0):
+            raise ValueError(f"num_channels: expected a positive even int, got {num_channels!r}")
+        if not base > 1:
+            raise ValueError(f"base: expected a float > 1, got {base!r}")
+        self.num_channels = num_channels
+        self.base = base
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        """Heads ``x`` (B, H, L, D) with D >= num_channels, rotated by ``positions`` (B, L) or (L,) (integers)."""
+        if x.dim() != 4 or x.shape[-1] < self.num_channels:
+            raise ValueError(f"x: expected heads (B, H, L, D >= {self.num_channels}), got shape {tuple(x.shape)}")
+        if positions.shape[-1] != x.shape[2] or positions.dim() not in (1, 2):
+            raise ValueError(f"positions: expected shape (B, {x.shape[2]}) or ({x.shape[2]},), got {tuple(positions.shape)}")
+        return self.rotate(x, self.angles(positions, x.dtype))
+
+    def angles(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos and sin (L, num_channels / 2) or (B, 1, L, num_channels / 2) of ``positions``, to rotate heads of
+        ``dtype`` with ``rotate`` (compute them once for all the layers that share positions)."""
+        precision = torch.float64 if dtype == torch.float64 else torch.float32
+        half = self.num_channels // 2
+        frequencies = self.base ** (-torch.arange(half, dtype=precision, device=positions.device) / half)
+        angles = positions.to(precision)[..., None] * frequencies
+        if angles.dim() == 3:
+            angles = angles[:, None]  # (B, 1, L, half): every head turns alike
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def rotate(self, x: Tensor, angles: tuple[Tensor, Tensor]) -> Tensor:
+        """Heads ``x`` (B, H, L, D) rotated by the ``angles`` of their positions."""
+        cos, sin = angles
+        half = self.num_channels // 2
+        x1, x2 = x[..., :half], x[..., half : self.num_channels]
+        rotated = [x1 * cos - x2 * sin, x1 * sin + x2 * cos]
+        if x.shape[-1] > self.num_channels:
+            rotated.append(x[..., self.num_channels :])
+        return torch.cat(rotated, dim=-1)
 
 
 def build_position_encoding(
