@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import math
 from typing import Iterator, Literal
 
@@ -64,22 +63,10 @@ def _triton_kernels():
     return kernels if hasattr(kernels, "attention") else None
 
 
-@functools.lru_cache(maxsize=None)
-def _kernels_take_causal(attention_fn) -> bool:
-    """Whether the kernels' ``attention`` accepts the ``causal`` keyword (older kernels do not)."""
-    try:
-        return "causal" in inspect.signature(attention_fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _triton_unsupported_reason(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None,
-                               causal: bool = False) -> str | None:
+def _triton_unsupported_reason(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None) -> str | None:
     kernels = _triton_kernels()
     if kernels is None:
         return "perceiver.kernels could not be imported (is triton installed?)"
-    if causal and not _kernels_take_causal(kernels.attention):
-        return "this version of perceiver.kernels.attention has no causal option"
     if k.shape[-1] != v.shape[-1]:
         return f"the kernels need equal qk and v head dims, got {k.shape[-1]} and {v.shape[-1]}"
     return kernels.unsupported_reason(q, k, v, pad_mask)
@@ -92,7 +79,7 @@ def resolve_backend(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None = N
     _check_backend(backend)
     if backend != "auto":
         return backend
-    if q.is_cuda and _triton_unsupported_reason(q, k, v, pad_mask, causal) is None:
+    if q.is_cuda and _triton_unsupported_reason(q, k, v, pad_mask) is None:
         return "triton"
     return "sdpa"
 
@@ -119,12 +106,10 @@ def attend(
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     chosen = resolve_backend(q, k, v, pad_mask, backend, causal=causal)
     if chosen == "triton":
-        reason = _triton_unsupported_reason(q, k, v, pad_mask, causal)
+        reason = _triton_unsupported_reason(q, k, v, pad_mask)
         if reason is not None:
             raise RuntimeError(f"attention backend 'triton' cannot run this call: {reason}")
-        if causal:
-            return _triton_kernels().attention(q, k, v, pad_mask, scale=scale, causal=True)
-        return _triton_kernels().attention(q, k, v, pad_mask, scale=scale)
+        return _triton_kernels().attention(q, k, v, pad_mask, scale=scale, causal=causal)
     if chosen == "sdpa":
         return _sdpa_attention(q, k, v, pad_mask, scale, causal)
     return _math_attention(q, k, v, pad_mask, scale, causal)

@@ -1,5 +1,7 @@
 """Causal attention (queries aligned with the last keys) of ``attend`` and the attention layers, against float64."""
 
+import os
+
 import pytest
 import torch
 
@@ -90,27 +92,6 @@ def test_causal_changes_the_result_and_false_is_the_default():
         attend(q, k, v, causal="yes")
 
 
-def test_auto_backend_never_picks_kernels_without_causal_support_for_causal_calls(monkeypatch):
-    import perceiver.attention as attention
-
-    class OldKernels:
-        @staticmethod
-        def attention(q, k, v, pad_mask=None, scale=None):
-            raise AssertionError("not to be called")
-
-        @staticmethod
-        def unsupported_reason(q, k, v, pad_mask=None):
-            return None
-
-    monkeypatch.setattr(attention, "_triton_kernels", lambda: OldKernels)
-    q, k, v, _ = inputs(3, 5, padded=False)
-    cuda_like = type("CudaLike", (), {"is_cuda": True})()
-    assert resolve_backend(cuda_like, k, k, causal=True) == "sdpa"  # the kernels need equal qk and v head dims
-    assert resolve_backend(cuda_like, k, k, causal=False) == "triton"
-    with pytest.raises(RuntimeError, match="no causal option"):
-        attend(q, k, v, causal=True, backend="triton")
-
-
 def test_auto_backend_passes_causal_to_kernels_that_accept_it(monkeypatch):
     import perceiver.attention as attention
 
@@ -153,3 +134,15 @@ def test_multi_head_attention_steps_compose_to_forward():
     k, v = attention.project_keys_values(x_kv)
     assert q.shape == (2, 2, 3, 4) and k.shape == v.shape == (2, 2, 7, 4)
     torch.testing.assert_close(attention.attend_heads(q, k, v), attention(x_q, x_kv))
+
+
+@pytest.mark.parametrize("n, m", [(5, 5), (3, 9), (1, 7)])
+def test_triton_backend_runs_causal_calls_through_the_kernels(n, m):
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the kernels need CUDA or TRITON_INTERPRET=1")
+    q, k, v, pad_mask = inputs(n, m, dtype=torch.float32)
+    v = torch.randn(*k.shape, generator=torch.Generator().manual_seed(1))  # the kernels take equal qk and v head dims
+    scale = 8 ** -0.5
+    out = attend(q, k, v, pad_mask, causal=True, backend="triton")
+    torch.testing.assert_close(out.double(), causal_reference(q, k, v, pad_mask, scale), atol=1e-5, rtol=1e-4)
