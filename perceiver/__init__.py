@@ -5,7 +5,7 @@ Masks follow one convention throughout the package: a bool tensor (B, M), True w
 """
 
 from perceiver.attention import MultiHeadAttention, attend, attention_backend
-from perceiver.config import build_module, load_model, module_spec, save_model
+from perceiver.config import Pretrained, build_module, capture_config, load_model, module_spec, save_model
 from perceiver.decoder import PerceiverDecoder
 from perceiver.encoder import PerceiverEncoder
 from perceiver.layers import CrossAttentionLayer, SelfAttentionBlock, SelfAttentionLayer
@@ -20,11 +20,13 @@ __all__ = [
     "PerceiverDecoder",
     "PerceiverEncoder",
     "PerceiverIO",
+    "Pretrained",
     "SelfAttentionBlock",
     "SelfAttentionLayer",
     "attend",
     "attention_backend",
     "build_module",
+    "capture_config",
     "load_model",
     "module_spec",
     "pad_mask_from_lengths",

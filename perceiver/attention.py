@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from perceiver.config import Pretrained, capture_config
 from perceiver.masks import check_pad_mask
 
 Backend = Literal["auto", "sdpa", "triton", "math"]
@@ -141,7 +142,7 @@ def _math_attention(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None, sc
     return torch.einsum("bhnm,bhmd->bhnd", weights, v)
 
 
-class MultiHeadAttention(nn.Module):
+class MultiHeadAttention(Pretrained, nn.Module):
     """Multi-head attention of queries ``x_q`` (B, N, Cq) over keys/values ``x_kv`` (B, M, Ckv).
 
     Query/key and value channels may differ (Perceiver IO uses narrow qk channels to save compute on long inputs):
@@ -161,6 +162,7 @@ class MultiHeadAttention(nn.Module):
         backend: Backend | None = None,
     ):
         super().__init__()
+        self.config = capture_config(locals())
         num_qk_channels = num_q_input_channels if num_qk_channels is None else num_qk_channels
         num_v_channels = num_qk_channels if num_v_channels is None else num_v_channels
         num_output_channels = num_q_input_channels if num_output_channels is None else num_output_channels

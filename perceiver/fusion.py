@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from perceiver.adapters.multimodal import PRESENT_SUFFIX
 from perceiver.attention import Backend
+from perceiver.config import Pretrained, capture_config
 from perceiver.encoder import PerceiverEncoder
 from perceiver.init import init_latents, init_linear_layers
 from perceiver.layers import CrossAttentionLayer, SelfAttentionBlock
@@ -78,7 +79,7 @@ def drop_modalities(x: dict, names: list[str], p: float, generator: torch.Genera
     return dropped
 
 
-class LateFusionClassifier(nn.Module):
+class LateFusionClassifier(Pretrained, nn.Module):
     """One classifier per modality (each maps its input to logits (B, K)); their log-probabilities are combined.
 
     ``weighting="mean"`` averages the log-probabilities of the modalities a sample has; ``"learned"`` weighs them with
@@ -87,6 +88,7 @@ class LateFusionClassifier(nn.Module):
 
     def __init__(self, *, models: dict[str, nn.Module], weighting: str = "mean"):
         super().__init__()
+        self.config = capture_config(locals())
         if weighting not in ("mean", "learned"):
             raise ValueError(f"weighting: expected 'mean' or 'learned', got {weighting!r}")
         if not models:
@@ -118,7 +120,7 @@ class LateFusionClassifier(nn.Module):
         return (fused, branches) if return_branches else fused
 
 
-class HybridFusionClassifier(nn.Module):
+class HybridFusionClassifier(Pretrained, nn.Module):
     """Per-modality adapters and encoders; concatenated latents refined by shared self-attention; one class query.
 
     All encoders must have the same latent width. The latents of a modality that a sample lacks are masked out of the
@@ -137,6 +139,7 @@ class HybridFusionClassifier(nn.Module):
         backend: Backend | None = None,
     ):
         super().__init__()
+        self.config = capture_config(locals())
         if set(adapters) != set(encoders) or not adapters:
             raise ValueError(f"adapters, encoders: expected the same non-empty modality names, got {sorted(adapters)} "
                              f"and {sorted(encoders)}")

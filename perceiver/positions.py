@@ -23,6 +23,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from perceiver.config import Pretrained, capture_config
+
 POSITION_KINDS = ("fourier", "learned")
 
 
@@ -34,7 +36,7 @@ def as_shape(value: int | Sequence[int], name: str) -> tuple[int, ...]:
     return shape
 
 
-class PositionEncoding(nn.Module):
+class PositionEncoding(Pretrained, nn.Module):
     """Encodes the cells of a ``max_shape`` grid as ``num_channels`` features.
 
     Subclasses set ``max_shape`` and ``num_channels`` and define ``encode_index(index)`` for valid flat indices.
@@ -102,6 +104,7 @@ class FourierPositionEncoding(PositionEncoding):
         include_positions: bool = True,
     ):
         super().__init__()
+        self.config = capture_config(locals())
         self.max_shape = as_shape(max_shape, "max_shape")
         resolution = self.max_shape if max_resolution is None else as_shape(max_resolution, "max_resolution")
         if len(resolution) != len(self.max_shape):
@@ -158,15 +161,16 @@ class FourierPositionEncoding(PositionEncoding):
 
 
 class LearnedPositionEncoding(PositionEncoding):
-    """One learned ``num_channels`` vector per cell of a ``max_shape`` grid (initialised N(0, init_std))."""
+    """One learned ``num_channels`` vector per cell of a ``max_shape`` grid (initialised N(0, init_scale²))."""
 
-    def __init__(self, *, max_shape: int | Sequence[int], num_channels: int, init_std: float = 0.02):
+    def __init__(self, *, max_shape: int | Sequence[int], num_channels: int, init_scale: float = 0.02):
         super().__init__()
+        self.config = capture_config(locals())
         self.max_shape = as_shape(max_shape, "max_shape")
         if num_channels < 1:
             raise ValueError(f"num_channels: expected a positive int, got {num_channels}")
         self.num_channels = num_channels
-        self.table = nn.Parameter(torch.randn(math.prod(self.max_shape), num_channels) * init_std)
+        self.table = nn.Parameter(torch.randn(math.prod(self.max_shape), num_channels) * init_scale)
 
     def encode_index(self, index: Tensor) -> Tensor:
         return self.table[index]

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.adapters.base import InputAdapter
-from perceiver.config import build_module, module_spec
+from perceiver.config import build_module, capture_config
 from perceiver.masks import merge_pad_masks
 
 PRESENT_SUFFIX = "_present"
@@ -29,11 +29,13 @@ class MultimodalAdapter(InputAdapter):
         adapters: ``{name: adapter}``; an adapter may also be given as ``{"type": ..., "config": ...}``
             (``perceiver.config.module_spec``), which is how the stored config rebuilds it.
         num_channels: common token width; defaults to the widest adapter's ``num_channels``.
-        init_std: standard deviation of the modality embeddings' initialisation.
+        init_scale: standard deviation of the modality embeddings' initialisation (``init_std`` in configs stored
+            before the rename still loads).
     """
 
-    def __init__(self, *, adapters: dict, num_channels: int | None = None, init_std: float = 0.02):
+    def __init__(self, *, adapters: dict, num_channels: int | None = None, init_scale: float = 0.02):
         super().__init__()
+        self.config = capture_config(locals())
         if not isinstance(adapters, dict) or not adapters:
             raise ValueError(f"adapters: expected a non-empty dict {{name: adapter}}, got {adapters!r:.80}")
         modules = {}
@@ -50,12 +52,7 @@ class MultimodalAdapter(InputAdapter):
         if num_channels < widest:
             raise ValueError(f"num_channels: expected at least the widest adapter's {widest}, got {num_channels}")
         self.num_channels = num_channels
-        self.modality_embedding = nn.Parameter(torch.randn(len(modules), num_channels) * init_std)
-        self.config = dict(
-            adapters={name: module_spec(adapter) for name, adapter in modules.items()},
-            num_channels=num_channels,
-            init_std=init_std,
-        )
+        self.modality_embedding = nn.Parameter(torch.randn(len(modules), num_channels) * init_scale)
 
     @property
     def modalities(self) -> list[str]:
