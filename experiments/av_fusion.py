@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)
     if run.context.is_main:
-        torch.save(model.state_dict(), run.out / "model.pt")
+        model.save_pretrained(run.out / "model")
     reported = {f"test_accuracy_{name}": result.eval_metrics.get(f"{name}/accuracy", float("nan"))
                 for name in conditions}
     return run.finish({

@@ -23,6 +23,7 @@ from torch import nn
 from experiments.common import (AV_DIGITS, DIGIT_CLASSES, SAMPLE_RATE, add_av_adapter_args, add_data_args,
                                 av_audio_adapter, build_parser, check_args, check_av_adapter_args, confusion_metrics,
                                 crop_audio, ensure_shards, per_rank_seed, run_summary, start_run, train_on_shards)
+from perceiver import Pretrained, capture_config
 from perceiver.data import make_loader
 from perceiver.resampler import PerceiverResampler
 from perceiver.training.distributed import all_reduce_sum
@@ -46,12 +47,13 @@ class FrameFeatures:
             return self.adapter.log_mel(audio, pad_mask)
 
 
-class TokenClassifier(nn.Module):
+class TokenClassifier(Pretrained, nn.Module):
     """Features (B, F, C) and their pad mask → fixed tokens (B, K, W) → Transformer → logits (B, classes)."""
 
     def __init__(self, *, summary: str, num_input_channels: int, num_tokens: int, token_channels: int,
                  num_resampler_layers: int, num_classifier_layers: int, num_heads: int, num_classes: int):
         super().__init__()
+        self.config = capture_config(locals())
         self.summary = summary
         if summary == "resampler":
             self.summarise = PerceiverResampler(num_input_channels=num_input_channels, num_latents=num_tokens,
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)
     if run.context.is_main:
-        torch.save(model.state_dict(), run.out / "model.pt")
+        model.save_pretrained(run.out / "model")
     final = result.eval_metrics
     return run.finish({
         "summary": args.summary,

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from experiments import av_fusion, av_recovery, common, resampler_digits, summarize
+from perceiver import load_model
 from perceiver.adapters import LabelAdapter
 
 TINY_MODEL = ["--num-latents", "4", "--num-latent-channels", "16", "--embed-channels", "16", "--num-bands", "2",
@@ -35,6 +36,13 @@ def run(module, out, data, *extra):
     return metrics
 
 
+def assert_saved_model_loads(directory):
+    """The run's model folder (config.json + model.safetensors) rebuilds the model with every weight."""
+    loaded = load_model(directory)
+    assert sum(p.numel() for p in loaded.parameters()) > 0
+    return loaded
+
+
 @pytest.mark.parametrize("variant", av_fusion.VARIANTS)
 def test_fusion_variant_tiny_run_reports_each_test_condition_it_can_answer(tmp_path, data, variant):
     metrics = run(av_fusion, tmp_path / variant, data, "--variant", variant)
@@ -43,6 +51,7 @@ def test_fusion_variant_tiny_run_reports_each_test_condition_it_can_answer(tmp_p
     assert reported == sorted(expected)
     assert all(0.0 <= metrics[f"test_accuracy_{name}"] <= 1.0 for name in expected)
     assert metrics["test_samples"] == 12 and metrics["variant"] == variant
+    assert_saved_model_loads(tmp_path / variant / "model")
 
 
 def test_recovery_tiny_run_reports_psnr_judged_accuracy_and_saves_the_grid(tmp_path, data):
@@ -66,6 +75,8 @@ def test_resampler_tiny_run_classifies_variable_length_features_independently_of
     assert metrics["summary"] == summary and 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_samples"] == 12
     assert metrics["test_frames_min"] < metrics["test_frames_max"]  # the features really vary in length
     assert metrics["padding_max_abs_logit_gap"] < 1e-4
+    loaded = assert_saved_model_loads(tmp_path / summary / "model")
+    assert isinstance(loaded, resampler_digits.TokenClassifier) and loaded.summary == summary
 
 
 def test_evaluation_degradations_are_the_same_whichever_modalities_are_asked_for():
