@@ -4,7 +4,7 @@ Masks follow one convention throughout the package: a bool tensor (B, M), True w
 ``perceiver.masks``).
 """
 
-from perceiver.attention import MultiHeadAttention, attend, attention_backend
+from perceiver.attention import MultiHeadAttention, attend, attention_backend, record_attention
 from perceiver.config import Pretrained, build_module, capture_config, load_model, module_spec, save_model
 from perceiver.decoder import PerceiverDecoder
 from perceiver.encoder import PerceiverEncoder
@@ -30,5 +30,6 @@ __all__ = [
     "load_model",
     "module_spec",
     "pad_mask_from_lengths",
+    "record_attention",
     "save_model",
 ]

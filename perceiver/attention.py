@@ -10,13 +10,17 @@ Backends (``attend(..., backend=...)`` or ``with attention_backend(name):``):
 
 Every backend follows the package's mask convention (``pad_mask`` (B, M) bool, True = padding, see
 ``perceiver.masks``) and gives a query whose keys are all padding a zero output and zero gradients, never NaN.
+
+Inspection: ``with record_attention(model) as calls:`` makes every ``MultiHeadAttention`` inside ``model`` compute
+through the math path and record its softmax weights, so a user sees where each query looks without reaching into the
+layers' projections.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Literal
+from typing import Iterator, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -132,14 +136,51 @@ def _sdpa_attention(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None, sc
 
 
 def _math_attention(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None, scale: float) -> Tensor:
+    return torch.einsum("bhnm,bhmd->bhnd", attention_weights(q, k, pad_mask, scale=scale), v)
+
+
+def attention_weights(q: Tensor, k: Tensor, pad_mask: Tensor | None = None, *, scale: float | None = None) -> Tensor:
+    """softmax(scale · q kᵀ) over the unpadded keys: (B, H, N, M), 0 for a padded key (a query whose keys are all
+    padding gets a row of zeros). q (B, H, N, D), k (B, H, M, D); ``scale`` defaults to 1/sqrt(D)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = torch.einsum("bhnd,bhmd->bhnm", q, k) * scale
     if pad_mask is None:
-        return torch.einsum("bhnm,bhmd->bhnd", scores.softmax(dim=-1), v)
+        return scores.softmax(dim=-1)
     ignore = pad_mask[:, None, None, :]
     # The most negative finite value (not -inf) keeps an all-padding row finite; zeroing the weights afterwards
     # makes its output and gradients exactly zero.
-    weights = scores.masked_fill(ignore, torch.finfo(scores.dtype).min).softmax(dim=-1).masked_fill(ignore, 0.0)
-    return torch.einsum("bhnm,bhmd->bhnd", weights, v)
+    return scores.masked_fill(ignore, torch.finfo(scores.dtype).min).softmax(dim=-1).masked_fill(ignore, 0.0)
+
+
+class AttentionCall(NamedTuple):
+    """One call of a ``MultiHeadAttention`` recorded by ``record_attention``."""
+
+    name: str  # the module's name in the recorded model (``named_modules()``), e.g. "cross_attention_1.attention"
+    weights: Tensor  # (B, H, N, M) softmax weights, detached; 0 for padded keys
+
+
+@contextlib.contextmanager
+def record_attention(model: nn.Module) -> Iterator[list[AttentionCall]]:
+    """Record the attention weights of every ``MultiHeadAttention`` inside ``model`` during the ``with`` block.
+
+    Yields a list that fills with one ``AttentionCall`` per call, in the order of the calls (a module whose weights
+    are shared across repeats records each application). Inside the block these modules compute through the math
+    path (the fused kernels never hold the weights), so their outputs agree with the other backends up to rounding;
+    their backend setting is ignored. Use it for inspection, not for training: the weights take (B, H, N, M) memory.
+
+        with record_attention(model.encoder) as calls:
+            model.encoder(tokens, pad_mask)
+        first_cross_attend = calls[0].weights          # (B, heads, latents, tokens)
+    """
+    calls: list[AttentionCall] = []
+    modules = [(name, module) for name, module in model.named_modules() if isinstance(module, MultiHeadAttention)]
+    for name, module in modules:
+        module._record = lambda weights, name=name: calls.append(AttentionCall(name, weights.detach()))
+    try:
+        yield calls
+    finally:
+        for _, module in modules:
+            module._record = None
 
 
 class MultiHeadAttention(Pretrained, nn.Module):
@@ -175,6 +216,7 @@ class MultiHeadAttention(Pretrained, nn.Module):
         self.num_q_input_channels = num_q_input_channels
         self.num_kv_input_channels = num_kv_input_channels
         self.backend = backend
+        self._record = None  # set by record_attention
         self.q_proj = nn.Linear(num_q_input_channels, num_qk_channels)
         self.k_proj = nn.Linear(num_kv_input_channels, num_qk_channels)
         self.v_proj = nn.Linear(num_kv_input_channels, num_v_channels)
@@ -189,7 +231,12 @@ class MultiHeadAttention(Pretrained, nn.Module):
         q = rearrange(self.q_proj(x_q), split, h=self.num_heads)
         k = rearrange(self.k_proj(x_kv), split, h=self.num_heads)
         v = rearrange(self.v_proj(x_kv), split, h=self.num_heads)
-        out = attend(q, k, v, pad_mask, backend=self.backend)
+        if self._record is None:
+            out = attend(q, k, v, pad_mask, backend=self.backend)
+        else:
+            weights = attention_weights(q, k, pad_mask)
+            self._record(weights)
+            out = torch.einsum("bhnm,bhmd->bhnd", weights, v)
         return self.o_proj(rearrange(out, "b h n d -> b n (h d)"))
 
 
