@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from perceiver.adapters.multimodal import PRESENT_SUFFIX
+from perceiver.adapters.multimodal import PRESENT_SUFFIX, presence_flag
 from perceiver.attention import Backend
 from perceiver.config import Pretrained, capture_config
 from perceiver.encoder import PerceiverEncoder
@@ -32,13 +32,8 @@ def modality_presence(x: dict, names: list[str], batch_size: int, device: torch.
         if name not in x:
             columns.append(torch.zeros(batch_size, dtype=torch.bool, device=device))
             continue
-        present = x.get(name + PRESENT_SUFFIX)
-        if present is None:
-            present = torch.ones(batch_size, dtype=torch.bool, device=device)
-        elif not isinstance(present, Tensor) or present.dtype != torch.bool or tuple(present.shape) != (batch_size,):
-            got = f"{present.dtype} {tuple(present.shape)}" if isinstance(present, Tensor) else type(present).__name__
-            raise ValueError(f"x[{name + PRESENT_SUFFIX!r}]: expected a bool tensor of shape ({batch_size},), got {got}")
-        columns.append(present)
+        present = presence_flag(x, name, batch_size)
+        columns.append(torch.ones(batch_size, dtype=torch.bool, device=device) if present is None else present)
     presence = torch.stack(columns, dim=1)
     if not bool(presence.any(dim=1).all()):
         missing = torch.nonzero(~presence.any(dim=1)).flatten().tolist()

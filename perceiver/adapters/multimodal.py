@@ -12,14 +12,30 @@ from perceiver.masks import merge_pad_masks
 PRESENT_SUFFIX = "_present"
 
 
+def presence_flag(x: dict, name: str, batch_size: int) -> Tensor | None:
+    """``x[f"{name}_present"]``, checked: a bool tensor (B,), False where a sample lacks modality ``name``; None when
+    ``x`` has no such flag (every sample that has the modality's input has it). Shared by every module that takes
+    several modalities (``MultimodalAdapter``, the fusion classifiers)."""
+    key = name + PRESENT_SUFFIX
+    present = x.get(key)
+    if present is None:
+        return None
+    if not isinstance(present, Tensor) or present.dtype != torch.bool:
+        got = present.dtype if isinstance(present, Tensor) else type(present).__name__
+        raise TypeError(f"x[{key!r}]: expected a torch.bool tensor ({batch_size},), got {got}")
+    if tuple(present.shape) != (batch_size,):
+        raise ValueError(f"x[{key!r}]: expected shape ({batch_size},), got {tuple(present.shape)}")
+    return present
+
+
 class MultimodalAdapter(InputAdapter):
     """A dict of named adapters whose tokens are concatenated, in the order of ``adapters``, into (B, M, C).
 
     Each modality's tokens are padded to the common width ``num_channels`` by appending zero channels, then its
     learned modality embedding (C channels) is added, so the encoder can tell modalities apart.
 
-    Input ``x`` is a dict ``{name: that adapter's input}``; ``pad_mask`` is None or a dict ``{name: that adapter's
-    pad mask}``. Missing modalities:
+    Input ``x`` is a dict ``{name: that adapter's input}``; ``pad_masks`` is None or a dict ``{name: that adapter's
+    pad mask}`` (the keyword ``pad_mask`` is still accepted for it). Missing modalities:
 
     - a name absent from ``x``: the whole batch lacks that modality; it contributes no tokens at all;
     - ``x[f"{name}_present"]``, a bool tensor (B,): samples marked False lack the modality; their tokens of it
@@ -58,7 +74,7 @@ class MultimodalAdapter(InputAdapter):
     def modalities(self) -> list[str]:
         return list(self.adapters.keys())
 
-    def check_keys(self, x, pad_mask) -> None:
+    def check_keys(self, x, pad_masks) -> None:
         if not isinstance(x, dict):
             raise TypeError(
                 f"x: expected a dict {{modality: input}} with modalities {self.modalities}, got {type(x).__name__}"
@@ -69,26 +85,31 @@ class MultimodalAdapter(InputAdapter):
             raise ValueError(f"x: expected keys among {sorted(allowed)}, got unknown {unknown}")
         if not any(name in x for name in self.modalities):
             raise ValueError(f"x: expected at least one of the modalities {self.modalities}, got keys {sorted(x)}")
-        if pad_mask is not None:
-            if not isinstance(pad_mask, dict):
+        if pad_masks is not None:
+            if not isinstance(pad_masks, dict):
                 raise TypeError(
-                    f"pad_mask: expected None or a dict {{modality: pad mask}}, got {type(pad_mask).__name__}"
+                    f"pad_masks: expected None or a dict {{modality: pad mask}}, got {type(pad_masks).__name__}"
                 )
-            unknown = sorted(set(pad_mask) - set(self.modalities))
+            unknown = sorted(set(pad_masks) - set(self.modalities))
             if unknown:
-                raise ValueError(f"pad_mask: expected keys among {self.modalities}, got unknown {unknown}")
+                raise ValueError(f"pad_masks: expected keys among {self.modalities}, got unknown {unknown}")
 
     def forward(
-        self, x: dict[str, Tensor], pad_mask: dict[str, Tensor | None] | None = None
+        self, x: dict[str, Tensor], pad_masks: dict[str, Tensor | None] | None = None, *,
+        pad_mask: dict[str, Tensor | None] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        self.check_keys(x, pad_mask)
-        pad_mask = pad_mask or {}
+        if pad_mask is not None:  # the keyword's former name
+            if pad_masks is not None:
+                raise TypeError("pad_masks, pad_mask: expected one of them (pad_mask is its former name), got both")
+            pad_masks = pad_mask
+        self.check_keys(x, pad_masks)
+        pad_masks = pad_masks or {}
         batch_size = None
         all_tokens, all_masks = [], []
         for index, name in enumerate(self.modalities):
             if name not in x:
                 continue
-            tokens, mask = self.adapters[name](x[name], pad_mask.get(name))
+            tokens, mask = self.adapters[name](x[name], pad_masks.get(name))
             if batch_size is None:
                 batch_size = tokens.shape[0]
             elif tokens.shape[0] != batch_size:
@@ -97,14 +118,8 @@ class MultimodalAdapter(InputAdapter):
                 )
             tokens = nn.functional.pad(tokens, (0, self.num_channels - tokens.shape[-1]))
             tokens = tokens + self.modality_embedding[index].to(tokens.dtype)
-            present = x.get(name + PRESENT_SUFFIX)
+            present = presence_flag(x, name, batch_size)
             if present is not None:
-                key = name + PRESENT_SUFFIX
-                if not isinstance(present, Tensor) or present.dtype != torch.bool:
-                    got = present.dtype if isinstance(present, Tensor) else type(present).__name__
-                    raise TypeError(f"x[{key!r}]: expected a torch.bool tensor ({batch_size},), got {got}")
-                if tuple(present.shape) != (batch_size,):
-                    raise ValueError(f"x[{key!r}]: expected shape ({batch_size},), got {tuple(present.shape)}")
                 absent = ~present[:, None].expand(-1, tokens.shape[1])
                 mask = absent if mask is None else mask | absent
             all_tokens.append(tokens)
