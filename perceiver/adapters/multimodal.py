@@ -42,8 +42,8 @@ class MultimodalAdapter(InputAdapter):
       (whatever the placeholder input was) are all masked as padding.
 
     Args:
-        adapters: ``{name: adapter}``; an adapter may also be given as ``{"type": ..., "config": ...}``
-            (``perceiver.config.module_spec``), which is how the stored config rebuilds it.
+        adapters: ``{name: adapter}``; an adapter may also be given as its spec ``{"type": ..., "config": ...}``
+            (``perceiver.config.module_spec``).
         num_channels: common token width; defaults to the widest adapter's ``num_channels``.
         init_scale: standard deviation of the modality embeddings' initialisation (``init_std`` in configs stored
             before the rename still loads).
