@@ -5,7 +5,7 @@ directory, reads it for ``--passes`` epochs per configuration and reports the me
 the training step of the default model of ``python -m perceiver`` on this CPU (samples/s it consumes); the loader
 should deliver at least 5× that. Prints a Markdown table and writes the same figures as JSON.
 
-    python benchmarks/data_loader.py --out benchmarks/results/data_loader
+    python -m benchmarks.data_loader --out benchmarks/results/data_loader
 """
 
 from __future__ import annotations

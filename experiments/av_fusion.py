@@ -1,7 +1,7 @@
 """Fusion strategies on audio-visual digits: unimodal, early, late and hybrid fusion with degraded inputs.
 
 Each run trains one ``--variant`` on ``av-digits`` (an MNIST image and a spoken digit of the same class, both
-degraded, see ``experiments/av_digits.py``) and evaluates it on the held-out test pairs with both modalities, with
+degraded, see ``experiments/common.py``) and evaluates it on the held-out test pairs with both modalities, with
 the image only and with the audio only:
 
 - ``image``, ``audio``: a Perceiver IO classifier over one modality (the unimodal baselines);
@@ -24,23 +24,16 @@ so a sample missing a modality is classified by a branch that has learned to sta
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 from torch import nn
 
-if __package__ in (None, ""):  # run as a file: python experiments/av_fusion.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments import av_digits
-from experiments.av_digits import CLASSES, MODALITIES, Degradation, model_inputs
-from experiments.common import (add_data_args, build_encoder, build_parser, check_args, classifier, confusion_metrics,
-                                per_rank_seed, run_summary, start_run, train_on_shards)
-from experiments.datasets import ensure_shards
+from experiments.common import (AV_DIGITS, AV_MODALITIES, DIGIT_CLASSES, Degradation, add_av_adapter_args,
+                                add_data_args, add_degradation_args, av_audio_adapter, av_image_adapter,
+                                av_model_inputs, build_encoder, build_parser, check_args, check_av_adapter_args,
+                                classifier, confusion_metrics, ensure_shards, eval_generator, per_rank_seed,
+                                run_summary, start_run, train_on_shards)
 from perceiver.adapters import MultimodalAdapter
 from perceiver.data import make_loader
-from perceiver.files import atomic_write
 from perceiver.fusion import HybridFusionClassifier, LateFusionClassifier, drop_modalities
 from perceiver.training.distributed import all_reduce_sum
 from perceiver.training.plots import confusion_matrix
@@ -52,26 +45,26 @@ CONDITIONS = {"both": ("image", "audio"), "image_only": ("image",), "audio_only"
 
 
 def variant_modalities(variant: str) -> tuple[str, ...]:
-    return (variant,) if variant in MODALITIES else MODALITIES
+    return (variant,) if variant in AV_MODALITIES else AV_MODALITIES
 
 
 def build_model(args) -> nn.Module:
     """The model of ``args.variant``; every variant is called as ``model(x, pad_masks)`` with ``x`` a dict."""
-    adapters = {"image": av_digits.image_adapter, "audio": av_digits.audio_adapter}
-    kwargs = dict(num_classes=len(CLASSES), widening_factor=args.widening_factor, init_scale=args.init_scale)
-    if args.variant in MODALITIES:
+    adapters = {"image": av_image_adapter, "audio": av_audio_adapter}
+    kwargs = dict(num_classes=len(DIGIT_CLASSES), widening_factor=args.widening_factor, init_scale=args.init_scale)
+    if args.variant in AV_MODALITIES:
         return classifier(MultimodalAdapter(adapters={args.variant: adapters[args.variant](args)}), args, **kwargs)
     if args.variant == "early":
-        return classifier(MultimodalAdapter(adapters={name: adapters[name](args) for name in MODALITIES}), args,
+        return classifier(MultimodalAdapter(adapters={name: adapters[name](args) for name in AV_MODALITIES}), args,
                           **kwargs)
     if args.variant == "late":
         return LateFusionClassifier(models={name: classifier(adapters[name](args), args, **kwargs)
-                                            for name in MODALITIES}, weighting="learned")
-    built = {name: adapters[name](args) for name in MODALITIES}
+                                            for name in AV_MODALITIES}, weighting="learned")
+    built = {name: adapters[name](args) for name in AV_MODALITIES}
     encoders = {name: build_encoder(args, adapter.num_channels, widening_factor=args.widening_factor,
                                     init_scale=args.init_scale)
                 for name, adapter in built.items()}
-    return HybridFusionClassifier(adapters=built, encoders=encoders, num_classes=len(CLASSES),
+    return HybridFusionClassifier(adapters=built, encoders=encoders, num_classes=len(DIGIT_CLASSES),
                                   num_fusion_layers=args.num_fusion_layers,
                                   num_fusion_heads=args.num_self_attention_heads, init_scale=args.init_scale)
 
@@ -91,18 +84,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
     parser.add_argument("--init-scale", type=float, default=None,
                         help="fixed std of the initial weights (default: the package's fan-in scaled initialisation)")
-    av_digits.add_adapter_args(parser)
-    av_digits.add_degradation_args(parser, image_noise=0.35, occlusion=12, audio_snr_db=-10.0)
+    add_av_adapter_args(parser)
+    add_degradation_args(parser, image_noise=0.35, occlusion=12, audio_snr_db=-10.0)
     args = parser.parse_args(argv)
     check_args(parser, args)
-    av_digits.check_adapter_args(parser, args)
+    check_av_adapter_args(parser, args)
     if args.branch_loss < 0:
         parser.error(f"--branch-loss: expected a weight >= 0, got {args.branch_loss}")
     if not 0 <= args.modality_dropout < 1:
         parser.error(f"--modality-dropout: expected a probability in [0, 1), got {args.modality_dropout}")
 
     run = start_run(args, name=NAME)
-    shards = ensure_shards(av_digits.DATASET, args.data, ("train", "test"), limit=args.limit, seed=args.seed)
+    shards = ensure_shards(AV_DIGITS, args.data, ("train", "test"), limit=args.limit, seed=args.seed)
     model = build_model(args)
     per_rank_seed(args.seed, run.context.rank)
     device = run.context.device
@@ -111,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     fusing = len(modalities) > 1
 
     def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        x, pad_masks = model_inputs(batch, modalities, device, degradation)
+        x, pad_masks = av_model_inputs(batch, modalities, device, degradation)
         if fusing and args.modality_dropout:
             x = drop_modalities(x, list(modalities), args.modality_dropout)
         labels = batch["label"].to(device)
@@ -130,25 +123,25 @@ def main(argv: list[str] | None = None) -> dict:
 
     @torch.no_grad()
     def evaluate(model: nn.Module) -> dict:
-        generator = av_digits.eval_generator(args.seed)
-        counts = {name: torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.int64, device=device)
+        generator = eval_generator(args.seed)
+        counts = {name: torch.zeros(len(DIGIT_CLASSES), len(DIGIT_CLASSES), dtype=torch.int64, device=device)
                   for name in conditions}
         for batch in make_loader(shards["test"], batch_size=250, mode="epoch", shuffle=False,
                                  num_workers=args.num_workers):
-            x, pad_masks = model_inputs(batch, MODALITIES, device, degradation, generator)
+            x, pad_masks = av_model_inputs(batch, AV_MODALITIES, device, degradation, generator)
             labels = batch["label"].to(device)
             for name, given in conditions.items():
                 logits = model({key: x[key] for key in given}, {key: v for key, v in pad_masks.items() if key in given})
-                counts[name] += confusion_matrix(logits.argmax(dim=1), labels, num_classes=len(CLASSES))
+                counts[name] += confusion_matrix(logits.argmax(dim=1), labels, num_classes=len(DIGIT_CLASSES))
         metrics = {}
         for name, count in counts.items():
-            metrics.update(confusion_metrics(all_reduce_sum(count), list(CLASSES), prefix=f"{name}/",
+            metrics.update(confusion_metrics(all_reduce_sum(count), list(DIGIT_CLASSES), prefix=f"{name}/",
                                              figure=run.tracker.saves_figures and name == "both"))
         return metrics
 
     result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)
     if run.context.is_main:
-        atomic_write(run.out / "model.pt", lambda path: torch.save(model.state_dict(), path))
+        model.save_pretrained(run.out / "model")
     reported = {f"test_accuracy_{name}": result.eval_metrics.get(f"{name}/accuracy", float("nan"))
                 for name in conditions}
     return run.finish({

@@ -23,20 +23,15 @@ Evaluation on the held-out test pairs (images and voices never seen in training)
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-if __package__ in (None, ""):  # run as a file: python experiments/av_recovery.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments import av_digits
-from experiments.av_digits import CLASSES, IMAGE_MEAN, IMAGE_SIZE, IMAGE_STD, crop_audio
-from experiments.common import (add_data_args, build_encoder, build_parser, check_args, classifier, loader_batches,
-                                per_rank_seed, run_summary, start_run, train_on_shards)
-from experiments.datasets import ensure_shards
+from experiments.common import (AV_DIGITS, DIGIT_CLASSES, MNIST_MEAN, MNIST_SIZE, MNIST_STD, add_av_adapter_args,
+                                add_data_args, av_audio_adapter, av_image_adapter, build_encoder, build_parser,
+                                check_args, check_av_adapter_args, classifier, crop_audio, ensure_shards,
+                                loader_batches, per_rank_seed, run_summary, start_run, train_on_shards)
 from perceiver import PerceiverDecoder, PerceiverIO
 from perceiver.adapters import (LabelAdapter, MultimodalAdapter, ReconstructionOutput, ReconstructionQueries,
                                 gather_output_points, sample_output_index)
@@ -46,24 +41,24 @@ from perceiver.training import TrainConfig, train
 
 NAME = "av_recovery"
 MODALITIES = ("image", "audio", "label")
-IMAGE_POINTS = IMAGE_SIZE * IMAGE_SIZE
+IMAGE_POINTS = MNIST_SIZE * MNIST_SIZE
 # What each condition of the evaluation gives the model.
 CONDITIONS = {"from_audio": ("audio",), "from_image": ("image",), "from_both": ("image", "audio")}
 
 
 def build_model(args) -> Autoencoder:
-    audio = av_digits.audio_adapter(args)
-    adapters = {"image": av_digits.image_adapter(args), "audio": audio,
-                "label": LabelAdapter(num_classes=len(CLASSES), num_channels=args.embed_channels)}
+    audio = av_audio_adapter(args)
+    adapters = {"image": av_image_adapter(args), "audio": audio,
+                "label": LabelAdapter(num_classes=len(DIGIT_CLASSES), num_channels=args.embed_channels)}
     input_adapter = MultimodalAdapter(adapters=adapters)
     channels = args.num_latent_channels
     queries = ReconstructionQueries(
-        output_shapes={"image": [IMAGE_SIZE, IMAGE_SIZE], "audio": [audio.num_frames(audio.max_samples)],
+        output_shapes={"image": [MNIST_SIZE, MNIST_SIZE], "audio": [audio.num_frames(audio.max_samples)],
                        "label": [1]},
         num_bands=args.query_bands, modality_channels=16, num_channels=channels)
     # One linear head serves the three modalities: an image point reads its first value (a pixel), an audio point its
     # first n_mels values (a frame), the label point its first 10 (class logits).
-    output = ReconstructionOutput(num_channels=channels, num_values=max(1, args.n_mels, len(CLASSES)))
+    output = ReconstructionOutput(num_channels=channels, num_values=max(1, args.n_mels, len(DIGIT_CLASSES)))
     return Autoencoder(PerceiverIO(
         input_adapter=input_adapter,
         encoder=build_encoder(args, input_adapter.num_channels, widening_factor=args.widening_factor,
@@ -84,7 +79,7 @@ class Autoencoder(nn.Module):
     def __init__(self, perceiver: PerceiverIO):
         super().__init__()
         self.perceiver = perceiver
-        self.widths = {"image": 1, "audio": perceiver.input_adapter.adapters["audio"].n_mels, "label": len(CLASSES)}
+        self.widths = {"image": 1, "audio": perceiver.input_adapter.adapters["audio"].n_mels, "label": len(DIGIT_CLASSES)}
 
     def forward(self, x: dict, pad_masks: dict, output_indices: dict) -> dict[str, torch.Tensor]:
         tokens, pad_mask = self.perceiver.input_adapter(x, pad_masks)
@@ -98,7 +93,7 @@ def inputs_and_targets(model: Autoencoder, batch: dict, device: torch.device) ->
     """Model inputs ``(x, pad_masks)`` of all modalities and the targets: standardised pixels (B, 784, 1), log-mel
     frames (B, F, n_mels) with their pad mask (B, F), labels (B,)."""
     images = batch["image"].to(device)
-    standardised = (images - IMAGE_MEAN) / IMAGE_STD
+    standardised = (images - MNIST_MEAN) / MNIST_STD
     audio, audio_pad = crop_audio(batch["audio"], batch["audio_pad_mask"])
     audio, audio_pad = audio.to(device), audio_pad.to(device)
     labels = batch["label"].to(device)
@@ -115,7 +110,7 @@ def inputs_and_targets(model: Autoencoder, batch: dict, device: torch.device) ->
 
 def pixels(standardised: torch.Tensor) -> torch.Tensor:
     """Decoded standardised pixels (B, 784, 1) → images (B, 1, 28, 28) in [0, 1]."""
-    return (standardised[..., 0] * IMAGE_STD + IMAGE_MEAN).clamp(0, 1).reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
+    return (standardised[..., 0] * MNIST_STD + MNIST_MEAN).clamp(0, 1).reshape(-1, 1, MNIST_SIZE, MNIST_SIZE)
 
 
 def psnr(reconstruction: torch.Tensor, target: torch.Tensor, peak: torch.Tensor | float,
@@ -132,11 +127,11 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor, peak: torch.Tensor 
 
 def train_image_classifier(args, shards, device, out: Path) -> PerceiverIO:
     """The independent judge: a Perceiver IO classifier of clean images, trained on the training images only."""
-    model = classifier(av_digits.image_adapter(args), args, num_classes=len(CLASSES),
+    model = classifier(av_image_adapter(args), args, num_classes=len(DIGIT_CLASSES),
                        widening_factor=args.widening_factor, init_scale=args.init_scale)
 
     def loss_fn(model, batch):
-        logits = model(((batch["image"] - IMAGE_MEAN) / IMAGE_STD).to(device)).float()
+        logits = model(((batch["image"] - MNIST_MEAN) / MNIST_STD).to(device)).float()
         labels = batch["label"].to(device)
         return nn.functional.cross_entropy(logits, labels), {"accuracy": (logits.argmax(1) == labels).float().mean()}
 
@@ -152,11 +147,11 @@ def train_image_classifier(args, shards, device, out: Path) -> PerceiverIO:
 
 def mean_images(shards, device) -> tuple[torch.Tensor, torch.Tensor]:
     """The training images' mean (1, 28, 28) and per-class means (10, 1, 28, 28)."""
-    sums = torch.zeros(len(CLASSES), 1, IMAGE_SIZE, IMAGE_SIZE, device=device)
-    counts = torch.zeros(len(CLASSES), device=device)
+    sums = torch.zeros(len(DIGIT_CLASSES), 1, MNIST_SIZE, MNIST_SIZE, device=device)
+    counts = torch.zeros(len(DIGIT_CLASSES), device=device)
     for batch in make_loader(shards, batch_size=500, mode="epoch", shuffle=False):
         sums.index_add_(0, batch["label"].to(device), batch["image"].to(device))
-        counts += torch.bincount(batch["label"].to(device), minlength=len(CLASSES))
+        counts += torch.bincount(batch["label"].to(device), minlength=len(DIGIT_CLASSES))
     return sums.sum(0) / counts.sum(), sums / counts.clamp(min=1)[:, None, None, None]
 
 
@@ -201,17 +196,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--image-classifier", type=Path, default=None,
                         help="a saved image classifier (save_pretrained folder) to use instead of training one")
     parser.add_argument("--grid-size", type=int, default=10, help="test samples in the picture grid")
-    av_digits.add_adapter_args(parser)
+    add_av_adapter_args(parser)
     args = parser.parse_args(argv)
     check_args(parser, args)
-    av_digits.check_adapter_args(parser, args)
+    check_av_adapter_args(parser, args)
     if not 0 <= args.modality_dropout < 1:
         parser.error(f"--modality-dropout: expected a probability in [0, 1), got {args.modality_dropout}")
     if not 1 <= args.image_points <= IMAGE_POINTS:
         parser.error(f"--image-points: expected an int in [1, {IMAGE_POINTS}], got {args.image_points}")
 
     run = start_run(args, name=NAME)
-    shards = ensure_shards(av_digits.DATASET, args.data, ("train", "test"), limit=args.limit, seed=args.seed)
+    shards = ensure_shards(AV_DIGITS, args.data, ("train", "test"), limit=args.limit, seed=args.seed)
     device = run.context.device
     model = build_model(args)
     frames = model.perceiver.decoder.query_provider.num_points("audio")
@@ -262,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 {"image": None, "audio": None, "label": None})
                 images = pixels(decoded["image"])
                 add(f"image_{condition}_psnr", psnr(images, originals, 1.0))
-                judged = judge((images - IMAGE_MEAN) / IMAGE_STD).argmax(1)
+                judged = judge((images - MNIST_MEAN) / MNIST_STD).argmax(1)
                 add(f"image_{condition}_judged_accuracy", judged == labels)
                 add(f"label_{condition}_accuracy", decoded["label"][:, 0].argmax(1) == labels)
                 if condition == "from_image":

@@ -1,4 +1,5 @@
-"""The command-line contract every experiment shares, and the few steps every experiment takes around ``train``.
+"""What the experiments share: the command-line contract, the steps around ``train``, the shards they read, and the
+pieces of the experiments on one dataset (Fashion-MNIST images; audio-visual digits). No experiment imports another.
 
 Every script accepts ``--out DIR``, ``--seed``, ``--max-steps`` (and ``--max-minutes``, a training-time budget),
 ``--wandb {online,offline,disabled}`` (absent: ``WANDB_MODE``, else online when ``WANDB_API_KEY`` is set, else
@@ -13,6 +14,8 @@ offline), ``--wandb-project``, ``--wandb-entity``, ``--batch-size``, ``--lr``,
     result = train(model, config=train_config(args), ..., out_dir=run.out, tracker=run.tracker,
                    device=run.context.device, run_config=run.config)
     run.finish({"test_accuracy": ..., "steps": result.step})
+
+Models come from ``perceiver.builders`` (``classifier`` and ``build_encoder`` here map the model size flags onto it).
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from perceiver import PerceiverDecoder, PerceiverEncoder, PerceiverIO
-from perceiver.adapters import ClassificationOutput, ClassificationQuery
+from perceiver import PerceiverEncoder, PerceiverIO, builders
+from perceiver.adapters import PatchAdapter, SpectrogramAdapter
+from perceiver.augment import add_white_noise, occlude_and_add_noise, shift_and_flip
+from perceiver.data import MissingShardsError, build_dataset, find_shards, read_manifest
 from perceiver.threads import set_threads
 from perceiver.training import (
     LATEST,
@@ -45,6 +51,7 @@ from perceiver.training import (
     load_checkpoint,
     setup_distributed,
 )
+from perceiver.training import distributed
 from perceiver.training.loop import PRECISIONS, TrainResult, train
 from perceiver.training.optim import OPTIMIZERS
 
@@ -113,6 +120,50 @@ def add_data_args(parser: argparse.ArgumentParser, dataset: str) -> None:
     data.add_argument("--num-workers", type=int, default=1, help="data loader workers per process")
 
 
+def ensure_shards(name: str, data_dir: str | Path, splits: tuple[str, ...], *, limit: int | None = None,
+                  seed: int = 0) -> dict[str, list[str]]:
+    """Shard paths per split of dataset ``name`` under ``data_dir/name``; missing splits are built (by rank 0).
+
+    ``limit`` caps the samples per split of a build (tiny runs and tests). Existing shards are used when their
+    manifest (``NAME-{split}.json``) records the same limit; shards built with another limit are rebuilt, and the run
+    says so. Shards without a manifest (built before manifests existed) are used as they are, with a note.
+    """
+    directory = Path(data_dir) / name
+    shards = {}
+    for split in splits:
+        if distributed.rank() == 0:
+            reason = _why_build(directory, name, split, limit)
+            if reason:
+                print(f"building {name}/{split} shards in {directory}: {reason}")
+                build_dataset(name, directory, splits=[split], limit=limit, seed=seed)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # the other ranks wait for rank 0's check and build
+        shards[split] = find_shards(directory, name, split)
+    return shards
+
+
+def _asked(limit: int | None) -> str:
+    return "all samples" if limit is None else f"--limit {limit}"
+
+
+def _why_build(directory: Path, name: str, split: str, limit: int | None) -> str | None:
+    """Why the split must be built now, or None when the shards there are the ones asked for."""
+    try:
+        find_shards(directory, name, split)
+    except MissingShardsError:
+        return "none there yet"
+    manifest = read_manifest(directory, name, split)
+    if manifest is None:
+        print(f"note: {name}/{split} shards in {directory} have no manifest ({name}-{split}.json), so the limit they "
+              f"were built with is unknown; using them as they are (rebuild: python -m perceiver.data build {name} "
+              f"--out {directory} --split {split})")
+        return None
+    if manifest.get("limit") != limit:
+        return (f"they were built with {_asked(manifest.get('limit'))} ({manifest.get('samples')} samples), this run "
+                f"asks for {_asked(limit)}")
+    return None
+
+
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Reject values no run can use, naming the flag; fill in defaults that depend on other flags."""
     for flag in ("max_steps", "batch_size", "num_latents", "num_latent_channels"):
@@ -179,9 +230,8 @@ def loader_batches(shards, *, batch_size: int, seed: int, mode: str = "epoch", n
 def build_encoder(args: argparse.Namespace, num_input_channels: int, *, widening_factor: int = 1,
                   init_scale: float | None = None) -> PerceiverEncoder:
     """A ``PerceiverEncoder`` from the model size flags; one widening factor for its cross- and self-attention MLPs."""
-    return PerceiverEncoder(num_input_channels=num_input_channels, **encoder_kwargs(args),
-                            cross_attention_widening_factor=widening_factor,
-                            self_attention_widening_factor=widening_factor, init_scale=init_scale)
+    return builders.encoder(num_input_channels, widening_factor=widening_factor, init_scale=init_scale,
+                            **encoder_kwargs(args))
 
 
 def train_on_shards(model: torch.nn.Module, args: argparse.Namespace, run: "Run", train_shards, *, loss_fn, evaluate,
@@ -194,20 +244,16 @@ def train_on_shards(model: torch.nn.Module, args: argparse.Namespace, run: "Run"
                  out_dir=run.out, tracker=run.tracker, device=run.context.device, run_config=run.config)
 
 
+# The experiments' decoders: an MLP of widening 1 and no dropout, whatever the encoder's (their results were measured so).
+EXPERIMENT_DECODER = {"cross_attention_widening_factor": 1, "dropout": 0.0}
+
+
 def classifier(adapter: torch.nn.Module, args: argparse.Namespace, *, num_classes: int, widening_factor: int = 1,
                init_scale: float | None = None) -> PerceiverIO:
-    """A Perceiver IO classifier behind ``adapter``: the encoder from the model size flags, one class query."""
-    channels = args.num_latent_channels
-    return PerceiverIO(
-        input_adapter=adapter,
-        encoder=build_encoder(args, adapter.num_channels, widening_factor=widening_factor, init_scale=init_scale),
-        decoder=PerceiverDecoder(
-            query_provider=ClassificationQuery(num_channels=channels),
-            output_adapter=ClassificationOutput(num_channels=channels, num_classes=num_classes),
-            num_latent_channels=channels,
-            init_scale=init_scale,
-        ),
-    )
+    """A Perceiver IO classifier behind ``adapter`` (``perceiver.builders.classifier``): the encoder from the model
+    size flags, one class query."""
+    return builders.classifier(adapter, num_classes=num_classes, widening_factor=widening_factor,
+                               init_scale=init_scale, decoder_kwargs=EXPERIMENT_DECODER, **encoder_kwargs(args))
 
 
 def confusion_metrics(counts: torch.Tensor, class_names: list[str], *, figure: bool, prefix: str = "") -> dict[str, Any]:
@@ -304,3 +350,158 @@ def _plain(value: Any) -> Any:
     if torch.is_tensor(value) or isinstance(value, np.generic):
         return value.item()
     return value
+
+
+# Fashion-MNIST images (fashion_mnist, masked_pretraining) ------------------------------------------------------------
+
+FASHION_MNIST = "fashion-mnist"
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+FASHION_MEAN, FASHION_STD = 0.286, 0.353  # of the training images' pixels
+IMAGE_INPUTS = ("conv", "patches")
+
+
+def add_image_model_args(parser: argparse.ArgumentParser) -> None:
+    """The input adapter's and model's flags, shared by the experiments on Fashion-MNIST images."""
+    parser.add_argument("--input", choices=IMAGE_INPUTS, default="conv",
+                        help="input adapter: a convolutional stem (ConvAdapter) or linear patch embeddings (PatchAdapter)")
+    parser.add_argument("--conv-channels", type=int, nargs="+", default=[32, 64, 128],
+                        help="conv input: output channels of each 3×3 convolution")
+    parser.add_argument("--conv-strides", type=int, nargs="+", default=[1, 2, 2],
+                        help="conv input: stride of each convolution (their product divides 28)")
+    parser.add_argument("--patch-size", type=int, default=4, help="patch input: side of the square patches (divides 28)")
+    parser.add_argument("--embed-channels", type=int, default=128, help="patch input: width of the patch embedding")
+    parser.add_argument("--num-bands", type=int, default=8, help="Fourier frequency bands per image axis")
+    parser.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
+    parser.add_argument("--init-scale", type=float, default=None,
+                        help="fixed std of the encoder's and decoder's initial weights (default: the package's "
+                             "fan-in scaled initialisation)")
+    parser.add_argument("--max-shift", type=int, default=2, help="augmentation: largest random shift in pixels")
+
+
+def check_image_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.input == "patches" and 28 % args.patch_size:
+        parser.error(f"--patch-size: expected a divisor of 28, got {args.patch_size}")
+    if args.input == "conv":
+        if len(args.conv_channels) != len(args.conv_strides):
+            parser.error(f"--conv-strides: expected one stride per --conv-channels entry "
+                         f"({len(args.conv_channels)}), got {len(args.conv_strides)}")
+        if 28 % math.prod(args.conv_strides):
+            parser.error(f"--conv-strides: expected strides whose product divides 28, got {args.conv_strides}")
+
+
+def normalize_fashion(images: torch.Tensor) -> torch.Tensor:
+    return (images - FASHION_MEAN) / FASHION_STD
+
+
+def shift_and_flip_images(images: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """The training augmentation of the image experiments; ``max_shift`` 0 leaves the images as they are."""
+    return shift_and_flip(images, max_shift=max_shift) if max_shift else images
+
+
+# Audio-visual digits (av_fusion, av_recovery, resampler_digits) -----------------------------------------------------
+#
+# A sample of ``av-digits`` is an MNIST image (1, 28, 28) in [0, 1] and a spoken digit of the same class (16 kHz
+# waveform). The image becomes 4 × 4 pixel patches (``PatchAdapter``); the audio becomes one token per 40 ms of
+# log-mel frames over all mel bins (``SpectrogramAdapter``, as in ``experiments.spoken_digits``).
+#
+# Degradations (``Degradation``) make each modality hard on its own, so that fusing them can matter: the image gets a
+# uniform-noise square and Gaussian pixel noise (``perceiver.augment.occlude_and_add_noise``), the audio white noise
+# at a fixed SNR over its real samples, silences included (``perceiver.augment.add_white_noise``). Training draws
+# fresh degradations every step; evaluation draws them from a generator seeded by ``--seed`` with the test split read
+# in a fixed order, so every model of a comparison sees the very same degraded test set.
+
+AV_DIGITS = "av-digits"
+AV_MODALITIES = ("image", "audio")
+DIGIT_CLASSES = tuple(str(digit) for digit in range(10))
+SAMPLE_RATE = 16000
+MNIST_SIZE = 28
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # MNIST's pixel statistics
+EVAL_SEED_OFFSET = 7919  # the evaluation's degradations come from their own stream, never the training one's
+
+
+def add_av_adapter_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("input adapters")
+    group.add_argument("--patch-size", type=int, default=4, help="image: side of the square pixel patches (divides 28)")
+    group.add_argument("--embed-channels", type=int, default=64, help="width of the linear patch embeddings")
+    group.add_argument("--num-bands", type=int, default=6, help="Fourier frequency bands per axis")
+    group.add_argument("--n-mels", type=int, default=32, help="audio: mel bins")
+    group.add_argument("--f-max", type=float, default=4000.0, help="audio: highest filterbank frequency in Hz")
+    group.add_argument("--patch-frames", type=int, default=4, help="audio: 10 ms frames per token")
+
+
+def add_degradation_args(parser: argparse.ArgumentParser, *, image_noise: float, occlusion: int,
+                         audio_snr_db: float | None) -> None:
+    group = parser.add_argument_group("degradation (see experiments/common.py)")
+    group.add_argument("--image-noise", type=float, default=image_noise, help="std of the Gaussian pixel noise")
+    group.add_argument("--occlusion", type=int, default=occlusion, help="side in pixels of the noise square (0 = none)")
+    group.add_argument("--audio-snr-db", type=float, default=audio_snr_db,
+                       help="signal-to-noise ratio of the added white noise in dB (omit for clean audio)")
+
+
+def check_av_adapter_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if MNIST_SIZE % args.patch_size:
+        parser.error(f"--patch-size: expected a divisor of {MNIST_SIZE}, got {args.patch_size}")
+    for flag in ("embed_channels", "n_mels", "patch_frames"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')}: expected a positive int, got {getattr(args, flag)}")
+    if getattr(args, "image_noise", 0.0) < 0:
+        parser.error(f"--image-noise: expected a standard deviation >= 0, got {args.image_noise}")
+    if not 0 <= getattr(args, "occlusion", 0) <= MNIST_SIZE:
+        parser.error(f"--occlusion: expected a side in [0, {MNIST_SIZE}] pixels, got {args.occlusion}")
+
+
+def av_image_adapter(args: argparse.Namespace) -> PatchAdapter:
+    return PatchAdapter(in_channels=1, max_size=(MNIST_SIZE, MNIST_SIZE), patch_size=args.patch_size,
+                        embed_channels=args.embed_channels, num_bands=args.num_bands)
+
+
+def av_audio_adapter(args: argparse.Namespace) -> SpectrogramAdapter:
+    return SpectrogramAdapter(sample_rate=SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=args.n_mels,
+                              f_max=args.f_max, max_duration=1.0, patch_size=(args.patch_frames, args.n_mels),
+                              embed_channels=args.embed_channels, num_bands=args.num_bands)
+
+
+@dataclass(frozen=True)
+class Degradation:
+    image_noise: float = 0.0
+    occlusion: int = 0
+    audio_snr_db: float | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Degradation":
+        return cls(image_noise=args.image_noise, occlusion=args.occlusion, audio_snr_db=args.audio_snr_db)
+
+    def describe(self) -> str:
+        audio = "clean" if self.audio_snr_db is None else f"white noise at {self.audio_snr_db:g} dB SNR"
+        return (f"image: {self.occlusion}×{self.occlusion} noise square + Gaussian noise σ={self.image_noise:g}; "
+                f"audio: {audio}")
+
+
+def crop_audio(audio: torch.Tensor, pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the first second (the audio adapter's longest input); padding stays trailing."""
+    return audio[:, :SAMPLE_RATE], pad_mask[:, :SAMPLE_RATE]
+
+
+def av_model_inputs(batch: dict, modalities, device: torch.device, degradation: Degradation = Degradation(),
+                    generator: torch.Generator | None = None) -> tuple[dict, dict]:
+    """``(x, pad_masks)`` for the models: ``x = {name: input}`` for ``modalities``, degraded, on ``device``.
+
+    Images are standardised after degrading (the noise is added in pixel space); audio is cropped to one second.
+    Both modalities are always degraded in the same order, so the draws for one do not depend on which are asked for.
+    """
+    images = occlude_and_add_noise(batch["image"], noise_std=degradation.image_noise, occlusion=degradation.occlusion,
+                                   generator=generator)
+    audio, audio_pad = crop_audio(batch["audio"], batch["audio_pad_mask"])
+    audio = add_white_noise(audio, audio_pad, snr_db=degradation.audio_snr_db, generator=generator)
+    x, pad_masks = {}, {}
+    if "image" in modalities:
+        x["image"] = ((images - MNIST_MEAN) / MNIST_STD).to(device)
+    if "audio" in modalities:
+        x["audio"] = audio.to(device)
+        pad_masks["audio"] = audio_pad.to(device)
+    return x, pad_masks
+
+
+def eval_generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)

@@ -24,19 +24,13 @@ caption prototypes and the other way round), and the chance level of every metri
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-if __package__ in (None, ""):  # run as a file: python experiments/contrastive.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments.common import (add_data_args, build_parser, check_args, classifier, per_rank_seed, run_summary,
-                                start_run, train_on_shards)
-from experiments.datasets import ensure_shards
+from experiments.common import (add_data_args, build_parser, check_args, classifier, ensure_shards, per_rank_seed,
+                                run_summary, start_run, train_on_shards)
 from perceiver import PerceiverIO
 from perceiver.adapters import ByteAdapter, PatchAdapter, SpectrogramAdapter
 from perceiver.augment import add_noise, crop, delay

@@ -16,20 +16,15 @@ untrained) is the baseline; the probe on the raw pixels is a reference::
 
 from __future__ import annotations
 
-import sys
 from functools import partial
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-if __package__ in (None, ""):  # run as a file: python experiments/masked_pretraining.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments.common import (add_data_args, build_encoder, build_parser, check_args, per_rank_seed, run_summary,
-                                seed_everything, start_run, train_on_shards)
-from experiments.datasets import ensure_shards
-from experiments.fashion_mnist import CLASSES, DATASET, add_model_args, augment, check_model_args, normalize
+from experiments.common import (FASHION_CLASSES, FASHION_MNIST, add_data_args, add_image_model_args, build_encoder,
+                                build_parser, check_args, check_image_model_args, ensure_shards, normalize_fashion,
+                                per_rank_seed, run_summary, seed_everything, shift_and_flip_images, start_run,
+                                train_on_shards)
 from perceiver import PerceiverDecoder, PerceiverIO
 from perceiver.adapters import (PatchAdapter, ReconstructionOutput, ReconstructionQueries, gather_output_points, normalize_patches,
                                 sample_output_index)
@@ -97,7 +92,7 @@ def split_features(featurize, shards: list[str], *, limit: int | None, device, n
     features, labels, seen = [], [], 0
     for batch in make_loader(shards, batch_size=500, mode="epoch", shuffle=False, num_workers=num_workers):
         images = batch["image"][: None if limit is None else limit - seen]
-        features.append(featurize(normalize(images).to(device)).float().cpu())
+        features.append(featurize(normalize_fashion(images).to(device)).float().cpu())
         labels.append(batch["label"][: len(images)])
         seen += len(images)
         if limit is not None and seen >= limit:
@@ -111,7 +106,7 @@ def probe_accuracy(featurize, shards: dict[str, list[str]], args, device) -> flo
                                                   device=device, num_workers=args.num_workers)
     test_features, test_labels = split_features(featurize, shards["test"], limit=None, device=device,
                                                 num_workers=args.num_workers)
-    probe = fit_linear_probe(train_features, train_labels, num_classes=len(CLASSES),
+    probe = fit_linear_probe(train_features, train_labels, num_classes=len(FASHION_CLASSES),
                              weight_decay=args.probe_weight_decay, max_iter=args.probe_iterations)
     return probe.accuracy(test_features, test_labels)
 
@@ -130,7 +125,7 @@ def reconstruction_figure(model: PerceiverIO, images: Tensor, hidden_index: Tens
     adapter = model.input_adapter
     patches = adapter.patchify(images)
     mean, std = patches.mean(dim=-1, keepdim=True), patches.std(dim=-1, unbiased=False, keepdim=True)
-    predicted = predict_hidden(model, normalize(images), hidden_index).float()
+    predicted = predict_hidden(model, normalize_fashion(images), hidden_index).float()
     index = hidden_index[:, :, None].expand(-1, -1, patches.shape[-1])
     pasted = patches.scatter(1, index, predicted * gather_output_points(std, hidden_index)
                              + gather_output_points(mean, hidden_index))
@@ -148,21 +143,21 @@ def main(argv: list[str] | None = None) -> dict:
     add_data_args(parser, "fashion-mnist")
     # MAE hides 75%; at 800 steps on Fashion-MNIST half made the better probe (80.0% against 79.0%, docs/multimodal.md).
     parser.add_argument("--mask-ratio", type=float, default=0.5, help="fraction of patches hidden from the encoder")
-    add_model_args(parser)
+    add_image_model_args(parser)
     parser.add_argument("--probe-train-samples", type=int, default=10000, help="training images the probe is fitted on")
     parser.add_argument("--probe-weight-decay", type=float, default=1e-3, help="L2 penalty of the linear probe")
     parser.add_argument("--probe-iterations", type=int, default=500, help="L-BFGS iterations of the linear probe")
     parser.add_argument("--figure-images", type=int, default=8, help="test images in the reconstruction figure")
     args = parser.parse_args(argv)
     check_args(parser, args)
-    check_model_args(parser, args)
+    check_image_model_args(parser, args)
     if not 0.0 < args.mask_ratio < 1.0:
         parser.error(f"--mask-ratio: expected a fraction in (0, 1), e.g. 0.5 to 0.75, got {args.mask_ratio}")
     if args.probe_train_samples < 1:
         parser.error(f"--probe-train-samples: expected a positive int, got {args.probe_train_samples}")
 
     run = start_run(args, name=NAME)
-    shards = ensure_shards(DATASET, args.data, ("train", "test"), limit=args.limit, seed=args.seed)
+    shards = ensure_shards(FASHION_MNIST, args.data, ("train", "test"), limit=args.limit, seed=args.seed)
     seed_everything(args.seed)  # the random-init baseline below is built from the same seed: the same initial weights
     model = build_model(args)
     per_rank_seed(args.seed, run.context.rank)
@@ -171,9 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
     num_patches = model.decoder.query_provider.num_points("image")
 
     def loss_fn(model: nn.Module, batch: dict) -> tuple[Tensor, dict]:
-        images = augment(batch["image"], args.max_shift)
+        images = shift_and_flip_images(batch["image"], args.max_shift)
         hidden_index = sample_output_index(num_patches, hidden_count, batch_size=len(images), device=device)
-        images = normalize(images).to(device)
+        images = normalize_fashion(images).to(device)
         predicted = predict_hidden(model, images, hidden_index).float()
         return nn.functional.mse_loss(predicted, hidden_targets(model, images, hidden_index)), {}
 
@@ -187,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  num_workers=args.num_workers):
             hidden_index = sample_output_index(num_patches, hidden_count, batch_size=len(batch["image"]),
                                                generator=generator, device=device)
-            images = normalize(batch["image"]).to(device)
+            images = normalize_fashion(batch["image"]).to(device)
             targets = hidden_targets(model, images, hidden_index).double()
             predicted = predict_hidden(model, images, hidden_index).double()
             totals += torch.stack([(predicted - targets).square().sum(), targets.square().sum(),

@@ -17,22 +17,14 @@ data: each test sample's logits alone versus inside a batch padded to one second
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 from torch import nn
 
-if __package__ in (None, ""):  # run as a file: python experiments/resampler_digits.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments import av_digits
-from experiments.av_digits import CLASSES, crop_audio
-from experiments.common import (add_data_args, build_parser, check_args, confusion_metrics, per_rank_seed, run_summary,
-                                start_run, train_on_shards)
-from experiments.datasets import ensure_shards
+from experiments.common import (AV_DIGITS, DIGIT_CLASSES, SAMPLE_RATE, add_av_adapter_args, add_data_args,
+                                av_audio_adapter, build_parser, check_args, check_av_adapter_args, confusion_metrics,
+                                crop_audio, ensure_shards, per_rank_seed, run_summary, start_run, train_on_shards)
+from perceiver import Pretrained, capture_config
 from perceiver.data import make_loader
-from perceiver.files import atomic_write
 from perceiver.resampler import PerceiverResampler
 from perceiver.training.distributed import all_reduce_sum
 from perceiver.training.plots import confusion_matrix
@@ -48,19 +40,20 @@ class FrameFeatures:
     """
 
     def __init__(self, args):
-        self.adapter = av_digits.audio_adapter(args)
+        self.adapter = av_audio_adapter(args)
 
     def __call__(self, audio: torch.Tensor, pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             return self.adapter.log_mel(audio, pad_mask)
 
 
-class TokenClassifier(nn.Module):
+class TokenClassifier(Pretrained, nn.Module):
     """Features (B, F, C) and their pad mask → fixed tokens (B, K, W) → Transformer → logits (B, classes)."""
 
     def __init__(self, *, summary: str, num_input_channels: int, num_tokens: int, token_channels: int,
                  num_resampler_layers: int, num_classifier_layers: int, num_heads: int, num_classes: int):
         super().__init__()
+        self.config = capture_config(locals())
         self.summary = summary
         if summary == "resampler":
             self.summarise = PerceiverResampler(num_input_channels=num_input_channels, num_latents=num_tokens,
@@ -88,14 +81,14 @@ def build_model(args) -> TokenClassifier:
     return TokenClassifier(summary=args.summary, num_input_channels=args.n_mels, num_tokens=args.num_tokens,
                            token_channels=args.token_channels, num_resampler_layers=args.num_resampler_layers,
                            num_classifier_layers=args.num_classifier_layers, num_heads=args.num_heads,
-                           num_classes=len(CLASSES))
+                           num_classes=len(DIGIT_CLASSES))
 
 
 def padding_gap(model: TokenClassifier, front: FrameFeatures, batch: dict, device, samples: int = 8) -> float:
     """Largest |logit difference| of the first ``samples`` test utterances alone vs padded to one second together."""
     audio, pad_mask = crop_audio(batch["audio"], batch["audio_pad_mask"])
-    padded = nn.functional.pad(audio[:samples], (0, av_digits.SAMPLE_RATE - audio.shape[1]))
-    padded_mask = nn.functional.pad(pad_mask[:samples], (0, av_digits.SAMPLE_RATE - audio.shape[1]), value=True)
+    padded = nn.functional.pad(audio[:samples], (0, SAMPLE_RATE - audio.shape[1]))
+    padded_mask = nn.functional.pad(pad_mask[:samples], (0, SAMPLE_RATE - audio.shape[1]), value=True)
     together = model(*[t.to(device) for t in front(padded, padded_mask)])
     gap = 0.0
     for i in range(min(samples, len(padded))):
@@ -116,10 +109,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-resampler-layers", type=int, default=2)
     parser.add_argument("--num-classifier-layers", type=int, default=2, help="layers of the downstream Transformer")
     parser.add_argument("--num-heads", type=int, default=4)
-    av_digits.add_adapter_args(parser)
+    add_av_adapter_args(parser)
     args = parser.parse_args(argv)
     check_args(parser, args)
-    av_digits.check_adapter_args(parser, args)
+    check_av_adapter_args(parser, args)
     for flag in ("num_tokens", "token_channels", "num_resampler_layers", "num_classifier_layers", "num_heads"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')}: expected a positive int, got {getattr(args, flag)}")
@@ -128,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
                      f"got {args.token_channels}")
 
     run = start_run(args, name=NAME)
-    shards = ensure_shards(av_digits.DATASET, args.data, ("train", "test"), limit=args.limit, seed=args.seed)
+    shards = ensure_shards(AV_DIGITS, args.data, ("train", "test"), limit=args.limit, seed=args.seed)
     model = build_model(args)
     front = FrameFeatures(args)
     per_rank_seed(args.seed, run.context.rank)
@@ -143,22 +136,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     @torch.no_grad()
     def evaluate(model: nn.Module) -> dict:
-        counts = torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.int64, device=device)
+        counts = torch.zeros(len(DIGIT_CLASSES), len(DIGIT_CLASSES), dtype=torch.int64, device=device)
         gap, frames = None, []
         for batch in make_loader(shards["test"], batch_size=250, mode="epoch", shuffle=False,
                                  num_workers=args.num_workers):
             features, frame_pad = front(*crop_audio(batch["audio"], batch["audio_pad_mask"]))
             logits = model(features.to(device), frame_pad.to(device))
-            counts += confusion_matrix(logits.argmax(dim=1), batch["label"].to(device), num_classes=len(CLASSES))
+            counts += confusion_matrix(logits.argmax(dim=1), batch["label"].to(device), num_classes=len(DIGIT_CLASSES))
             frames += (~frame_pad).sum(dim=1).tolist()
             if gap is None:
                 gap = padding_gap(model, front, batch, device)
-        return {**confusion_metrics(all_reduce_sum(counts), list(CLASSES), figure=run.tracker.saves_figures),
+        return {**confusion_metrics(all_reduce_sum(counts), list(DIGIT_CLASSES), figure=run.tracker.saves_figures),
                 "padding_max_abs_logit_gap": gap, "min_frames": min(frames), "max_frames": max(frames)}
 
     result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)
     if run.context.is_main:
-        atomic_write(run.out / "model.pt", lambda path: torch.save(model.state_dict(), path))
+        model.save_pretrained(run.out / "model")
     final = result.eval_metrics
     return run.finish({
         "summary": args.summary,

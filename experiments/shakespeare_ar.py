@@ -27,9 +27,8 @@ import time
 import torch
 from torch import nn
 
-from experiments.common import (add_data_args, build_parser, check_args, per_rank_seed, run_summary, start_run,
-                                train_config, write_metrics)
-from experiments.datasets import ensure_shards
+from experiments.common import (add_data_args, build_parser, check_args, ensure_shards, per_rank_seed, run_summary,
+                                start_run, train_config, write_metrics)
 from perceiver.builders import perceiver_ar
 from perceiver.data import make_loader
 from perceiver.training.loop import train

@@ -17,18 +17,12 @@ same for a unigram baseline (byte frequencies of the training split) on the very
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
-if __package__ in (None, ""):  # run as a file: python experiments/shakespeare_mlm.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments.common import (add_data_args, build_encoder, build_parser, check_args, per_rank_seed, run_summary,
-                                start_run, train_on_shards)
-from experiments.datasets import ensure_shards
+from experiments.common import (add_data_args, build_encoder, build_parser, check_args, ensure_shards, per_rank_seed,
+                                run_summary, start_run, train_on_shards)
 from perceiver import PerceiverDecoder, PerceiverIO
 from perceiver.adapters import MASK_ID, PAD_ID, ByteAdapter, TokenOutput, TokenQueries
 from perceiver.data import make_loader

@@ -28,18 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
-if __package__ in (None, ""):  # run as a file: python experiments/spoken_digits.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments.common import (add_data_args, build_parser, check_args, classifier, confusion_metrics, per_rank_seed,
-                                run_summary, start_run, train_on_shards)
-from experiments.datasets import ensure_shards
+from experiments.common import (add_data_args, build_parser, check_args, classifier, confusion_metrics, ensure_shards,
+                                per_rank_seed, run_summary, start_run, train_on_shards)
 from perceiver import PerceiverIO
 from perceiver.adapters import SpectrogramAdapter, SpectrogramConvAdapter
 from perceiver.augment import (NOISE_COLORS, add_noise, change_speed, crop, crop_to_speech, delay, gain_and_tilt,

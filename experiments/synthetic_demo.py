@@ -11,18 +11,14 @@ pipeline's (``text``, ``text_pad_mask``, ``label``, ``key``, ``corrupt``), gener
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
-if __package__ in (None, ""):  # run as a file: python experiments/synthetic_demo.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments.common import build_parser, check_args, encoder_kwargs, per_rank_seed, run_summary, start_run, train_config
-from perceiver import PerceiverDecoder, PerceiverEncoder, PerceiverIO
-from perceiver.adapters import ByteAdapter, ClassificationOutput, ClassificationQuery
+from experiments.common import (build_parser, check_args, classifier, per_rank_seed, run_summary, start_run,
+                                train_config)
+from perceiver import PerceiverIO
+from perceiver.adapters import ByteAdapter
 from perceiver.training import train
 from perceiver.training.distributed import all_reduce_sum
 from perceiver.training.plots import (
@@ -53,16 +49,7 @@ def keyword_batch(adapter: ByteAdapter, *, batch_size: int, max_filler: int, rng
 
 def build_model(args) -> PerceiverIO:
     adapter = ByteAdapter(max_length=args.max_filler + 8, embed_channels=args.embed_channels)
-    channels = args.num_latent_channels
-    return PerceiverIO(
-        input_adapter=adapter,
-        encoder=PerceiverEncoder(num_input_channels=adapter.num_channels, **encoder_kwargs(args)),
-        decoder=PerceiverDecoder(
-            query_provider=ClassificationQuery(num_channels=channels),
-            output_adapter=ClassificationOutput(num_channels=channels, num_classes=len(KEYWORDS)),
-            num_latent_channels=channels,
-        ),
-    )
+    return classifier(adapter, args, num_classes=len(KEYWORDS))
 
 
 def classification_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from perceiver.ar import PerceiverAR
-from perceiver.attention import MultiHeadAttention, attend, attention_backend
-from perceiver.config import build_module, load_model, module_spec, save_model
+from perceiver.attention import MultiHeadAttention, attend, attention_backend, record_attention
+from perceiver.config import Pretrained, build_module, capture_config, load_model, module_spec, save_model
 from perceiver.decoder import PerceiverDecoder
 from perceiver.encoder import PerceiverEncoder
 from perceiver.layers import CrossAttentionLayer, SelfAttentionBlock, SelfAttentionLayer
@@ -27,14 +27,17 @@ __all__ = [
     "PerceiverEncoder",
     "PerceiverAR",
     "PerceiverIO",
+    "Pretrained",
     "SelfAttentionBlock",
     "SelfAttentionLayer",
     "attend",
     "attention_backend",
     "build_module",
+    "capture_config",
     "load_model",
     "module_spec",
     "pad_mask_from_lengths",
+    "record_attention",
     "save_model",
 ]
 

@@ -22,14 +22,12 @@ positions as the cross-attention's keys and drops the others, which also cuts th
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from perceiver.attention import Backend, attend
-from perceiver.config import capture_config, load_model, save_model
+from perceiver.config import Pretrained, capture_config
 from perceiver.init import init_latents, init_linear_layers
 from perceiver.layers import CrossAttentionLayer, SelfAttentionBlock, SelfAttentionLayer
 from perceiver.masks import check_pad_mask
@@ -43,7 +41,7 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
 
-class PerceiverAR(nn.Module):
+class PerceiverAR(Pretrained, nn.Module):
     """Next-token logits (B, N, vocab_size) for the last N = ``num_latents`` positions of ids (B, L).
 
     Args:
@@ -345,17 +343,6 @@ class PerceiverAR(nn.Module):
         return ids.to(next(self.parameters()).device).long(), squeeze
 
     # ------------------------------------------------------------------------------------------ persistence
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write config.json and model.safetensors, from which ``from_pretrained`` rebuilds this model."""
-        return save_model(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, device: str = "cpu") -> "PerceiverAR":
-        model = load_model(directory, device=device)
-        if not isinstance(model, cls):
-            raise TypeError(f"directory: expected a saved {cls.__name__}, found a {type(model).__name__}")
-        return model
 
 
 def _one_position_heads(projected: Tensor, parts: int, num_heads: int) -> tuple[Tensor, ...]:

@@ -15,20 +15,23 @@ Every backend follows the package's mask convention (``pad_mask`` (B, M) bool, T
 j <= i + M - N, combined with the key padding (Perceiver AR's latents are the last N positions of their input, and
 self-attention is the case N = M). A query that sees no unpadded key (e.g. i < N - M when N > M) gets a zero output
 and zero gradients, as a fully padded one does.
+Inspection: ``with record_attention(model) as calls:`` makes every ``MultiHeadAttention`` inside ``model`` compute
+through the math path and record its softmax weights, so a user sees where each query looks without reaching into the
+layers' projections.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-from typing import Iterator, Literal
+from typing import Iterator, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from perceiver.config import Pretrained, capture_config
 from perceiver.masks import check_pad_mask
 
 Backend = Literal["auto", "sdpa", "triton", "math"]
@@ -164,17 +167,56 @@ def _sdpa_attention(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None, sc
 
 def _math_attention(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None, scale: float,
                     causal: bool = False) -> Tensor:
+    return torch.einsum("bhnm,bhmd->bhnd", attention_weights(q, k, pad_mask, scale=scale, causal=causal), v)
+
+
+def attention_weights(q: Tensor, k: Tensor, pad_mask: Tensor | None = None, *, scale: float | None = None,
+                      causal: bool = False) -> Tensor:
+    """softmax(scale · q kᵀ) over the keys each query may see: (B, H, N, M), 0 for a padded (or, if ``causal``, a
+    later) key; a query that sees no key gets a row of zeros. q (B, H, N, D), k (B, H, M, D); ``scale`` defaults to
+    1/sqrt(D)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = torch.einsum("bhnd,bhmd->bhnm", q, k) * scale
     ignore = _ignored_keys(pad_mask, causal, q.shape[2], k.shape[2], q.device)
     if ignore is None:
-        return torch.einsum("bhnm,bhmd->bhnd", scores.softmax(dim=-1), v)
+        return scores.softmax(dim=-1)
     # The most negative finite value (not -inf) keeps an all-padding row finite; zeroing the weights afterwards
     # makes its output and gradients exactly zero.
-    weights = scores.masked_fill(ignore, torch.finfo(scores.dtype).min).softmax(dim=-1).masked_fill(ignore, 0.0)
-    return torch.einsum("bhnm,bhmd->bhnd", weights, v)
+    return scores.masked_fill(ignore, torch.finfo(scores.dtype).min).softmax(dim=-1).masked_fill(ignore, 0.0)
 
 
-class MultiHeadAttention(nn.Module):
+class AttentionCall(NamedTuple):
+    """One call of a ``MultiHeadAttention`` recorded by ``record_attention``."""
+
+    name: str  # the module's name in the recorded model (``named_modules()``), e.g. "cross_attention_1.attention"
+    weights: Tensor  # (B, H, N, M) softmax weights, detached; 0 for padded keys
+
+
+@contextlib.contextmanager
+def record_attention(model: nn.Module) -> Iterator[list[AttentionCall]]:
+    """Record the attention weights of every ``MultiHeadAttention`` inside ``model`` during the ``with`` block.
+
+    Yields a list that fills with one ``AttentionCall`` per call, in the order of the calls (a module whose weights
+    are shared across repeats records each application). Inside the block these modules compute through the math
+    path (the fused kernels never hold the weights), so their outputs agree with the other backends up to rounding;
+    their backend setting is ignored. Use it for inspection, not for training: the weights take (B, H, N, M) memory.
+
+        with record_attention(model.encoder) as calls:
+            model.encoder(tokens, pad_mask)
+        first_cross_attend = calls[0].weights          # (B, heads, latents, tokens)
+    """
+    calls: list[AttentionCall] = []
+    modules = [(name, module) for name, module in model.named_modules() if isinstance(module, MultiHeadAttention)]
+    for name, module in modules:
+        module._record = lambda weights, name=name: calls.append(AttentionCall(name, weights.detach()))
+    try:
+        yield calls
+    finally:
+        for _, module in modules:
+            module._record = None
+
+
+class MultiHeadAttention(Pretrained, nn.Module):
     """Multi-head attention of queries ``x_q`` (B, N, Cq) over keys/values ``x_kv`` (B, M, Ckv).
 
     Query/key and value channels may differ (Perceiver IO uses narrow qk channels to save compute on long inputs):
@@ -199,6 +241,7 @@ class MultiHeadAttention(nn.Module):
         backend: Backend | None = None,
     ):
         super().__init__()
+        self.config = capture_config(locals())
         num_qk_channels = num_q_input_channels if num_qk_channels is None else num_qk_channels
         num_v_channels = num_qk_channels if num_v_channels is None else num_v_channels
         num_output_channels = num_q_input_channels if num_output_channels is None else num_output_channels
@@ -212,6 +255,7 @@ class MultiHeadAttention(nn.Module):
         self.num_kv_input_channels = num_kv_input_channels
         self.causal = causal
         self.backend = backend
+        self._record = None  # set by record_attention
         self.q_proj = nn.Linear(num_q_input_channels, num_qk_channels)
         self.k_proj = nn.Linear(num_kv_input_channels, num_qk_channels)
         self.v_proj = nn.Linear(num_kv_input_channels, num_v_channels)
@@ -236,7 +280,12 @@ class MultiHeadAttention(nn.Module):
 
     def attend_heads(self, q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         """Attention of projected heads (this module's ``causal`` and backend), merged and projected: (B, N, Cout)."""
-        out = attend(q, k, v, pad_mask, causal=self.causal, backend=self.backend)
+        if self._record is None:
+            out = attend(q, k, v, pad_mask, causal=self.causal, backend=self.backend)
+        else:
+            weights = attention_weights(q, k, pad_mask, causal=self.causal)
+            self._record(weights)
+            out = torch.einsum("bhnm,bhmd->bhnd", weights, v)
         return self.o_proj(rearrange(out, "b h n d -> b n (h d)"))
 
 

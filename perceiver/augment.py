@@ -1,7 +1,8 @@
 """Training-time augmentations of batches, with their pad masks kept right.
 
-Images (B, C, H, W): ``shift_and_flip``. Waveforms (B, T) with a trailing pad mask (B, T), True = padding:
-``change_speed``, ``delay``, ``add_noise`` (white, pink or brown), ``reverberate`` (synthetic rooms),
+Images (B, C, H, W): ``shift_and_flip``, ``occlude_and_add_noise``. Waveforms (B, T) with a trailing pad mask
+(B, T), True = padding: ``change_speed``, ``delay``, ``add_noise`` (white, pink or brown), ``add_white_noise`` (at one
+fixed SNR), ``reverberate`` (synthetic rooms),
 ``telephone_band`` (a phone line's band and codec), ``gain_and_tilt`` (level and microphone colour). Each draws
 from torch's global generator unless given a ``generator``, so a seeded run augments the same way every time; each
 leaves padding at 0 and keeps it trailing. ``crop`` and ``crop_to_speech`` cut waveforms to an adapter's longest
@@ -41,6 +42,30 @@ def shift_and_flip(images: Tensor, *, max_shift: int, flip: bool = True,
         return shifted
     flipped = (torch.rand(batch, generator=generator) < 0.5).to(images.device)
     return torch.where(flipped[:, None, None, None], shifted.flip(-1), shifted)
+
+
+def occlude_and_add_noise(images: Tensor, *, noise_std: float, occlusion: int,
+                          generator: torch.Generator | None = None) -> Tensor:
+    """Images (B, C, H, W) in [0, 1]: a square of side ``occlusion`` pixels at a random place is replaced by uniform
+    noise, then Gaussian noise of std ``noise_std`` is added to every pixel; the result is clipped to [0, 1]."""
+    check_tensor(images, "images", kind="float", rank=4, layout="(B, C, H, W)")
+    batch, _, height, width = images.shape
+    if not 0 <= occlusion <= min(height, width) or noise_std < 0:
+        raise ValueError(f"occlusion, noise_std: expected a side in [0, {min(height, width)}] and a std >= 0, got "
+                         f"{occlusion}, {noise_std}")
+    out = images.clone()
+    if occlusion:
+        tops = torch.randint(0, height - occlusion + 1, (batch,), generator=generator)
+        lefts = torch.randint(0, width - occlusion + 1, (batch,), generator=generator)
+        rows = torch.arange(height)[None, :, None]
+        cols = torch.arange(width)[None, None, :]
+        square = ((rows >= tops[:, None, None]) & (rows < tops[:, None, None] + occlusion)
+                  & (cols >= lefts[:, None, None]) & (cols < lefts[:, None, None] + occlusion))
+        fill = torch.rand(images.shape, generator=generator)
+        out = torch.where(square[:, None].to(images.device), fill.to(images.device), out)
+    if noise_std:
+        out = out + noise_std * torch.randn(images.shape, generator=generator).to(images.device)
+    return out.clamp(0.0, 1.0)
 
 
 def _check_waveforms(audio: Tensor, pad_mask: Tensor) -> Tensor:
@@ -144,6 +169,25 @@ def add_noise(audio: Tensor, pad_mask: Tensor, *, snr_db: tuple[float, float], c
     noise_power = noise_real.pow(2).sum(dim=1) / lengths.cpu().clamp(min=1)
     scale = torch.sqrt(power / 10 ** (snr / 10) / noise_power.clamp(min=1e-12))
     return zero_padding(real + (scale[:, None] * noise).to(audio), pad_mask)
+
+
+def add_white_noise(audio: Tensor, pad_mask: Tensor, *, snr_db: float | None,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """Waveforms (B, T) plus white Gaussian noise whose std is set from ``snr_db`` and each waveform's power over its
+    real samples (the silences get noise too); padding stays 0, wherever it lies. ``None``: ``audio`` unchanged.
+
+    Unlike ``add_noise`` (an SNR drawn from a range, the noise rescaled to its exact power), the SNR is one fixed
+    value and the noise is drawn at the expected power: the fixed degradation of an evaluation.
+    """
+    if snr_db is None:
+        return audio
+    check_tensor(audio, "audio", kind="float", rank=2, layout="(B, T)")
+    check_pad_mask(pad_mask, audio.shape[0], audio.shape[1])
+    real = (~pad_mask).to(audio.dtype)
+    power = (audio**2 * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)
+    noise_std = torch.sqrt(power / 10 ** (snr_db / 10))
+    noise = torch.randn(audio.shape, generator=generator).to(audio.device)
+    return (audio + noise_std[:, None] * noise) * real
 
 
 def room_impulse_responses(rt60: Tensor, *, sample_rate: int, generator: torch.Generator | None = None) -> Tensor:

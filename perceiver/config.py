@@ -1,16 +1,20 @@
 """Save a model's configuration beside its weights and rebuild it.
 
-Every configurable module of the package keeps its constructor's keyword arguments in ``self.config`` (submodules
-included, as objects). ``module_spec`` turns such a module into plain JSON: ``{"type": "package.module.Class",
-"config": {...}}`` with submodules nested the same way; ``build_module`` reverses it by importing the class, so a user's
-own adapter rebuilds as well as ours, as long as it keeps ``self.config`` too.
+Every public module of the package records its constructor's keyword arguments one way: ``self.config =
+capture_config(locals())`` first thing in ``__init__`` (submodules included, as objects). ``module_spec`` turns such a
+module into plain JSON: ``{"type": "package.module.Class", "config": {...}}`` with submodules nested the same way;
+``build_module`` reverses it by importing the class, so a user's own adapter rebuilds as well as ours, as long as it
+keeps ``self.config`` too. ``Pretrained`` gives a module ``save_pretrained`` (config.json + model.safetensors) and
+``from_pretrained``.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +26,23 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+# Constructor arguments renamed since configs were first stored: old name -> new name.
+RENAMED_ARGUMENTS = {"init_std": "init_scale"}
+
+
 def capture_config(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The constructor arguments from ``locals()`` called first thing in ``__init__``."""
-    return {name: value for name, value in arguments.items() if name not in ("self", "__class__")}
+    """The constructor's arguments from its ``locals()``, called first thing in ``__init__``.
+
+    Only the constructor's parameters are kept (not other local names); the entries of a ``**kwargs`` parameter are
+    merged in, so that the config rebuilds the module as ``Class(**config)``.
+    """
+    code = sys._getframe(1).f_code
+    count = code.co_argcount + code.co_kwonlyargcount
+    names = code.co_varnames[:count]
+    config = {name: arguments[name] for name in names if name not in ("self", "__class__") and name in arguments}
+    if code.co_flags & inspect.CO_VARKEYWORDS:
+        config.update(arguments[code.co_varnames[count + bool(code.co_flags & inspect.CO_VARARGS)]])
+    return config
 
 
 def module_spec(value: Any) -> Any:
@@ -51,12 +69,22 @@ def _is_spec(value: Any) -> bool:
 def build_module(spec: Any) -> Any:
     """Rebuild what ``module_spec`` described."""
     if _is_spec(spec):
-        return _import_class(spec["type"])(**build_module(spec["config"]))
+        cls = _import_class(spec["type"])
+        return cls(**_renamed(cls, build_module(spec["config"])))
     if isinstance(spec, dict):
         return {key: build_module(item) for key, item in spec.items()}
     if isinstance(spec, list):
         return [build_module(item) for item in spec]
     return spec
+
+
+def _renamed(cls: type, config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with arguments renamed since it was written (e.g. ``init_std``) under their new names."""
+    parameters = inspect.signature(cls).parameters
+    for old, new in RENAMED_ARGUMENTS.items():
+        if old in config and old not in parameters and new in parameters and new not in config:
+            config = {(new if key == old else key): value for key, value in config.items()}
+    return config
 
 
 def _import_class(path: str) -> type[nn.Module]:
@@ -68,6 +96,22 @@ def _import_class(path: str) -> type[nn.Module]:
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ValueError(f"spec['type']: expected an importable nn.Module class such as 'package.module.Class', got {path!r}")
     return cls
+
+
+class Pretrained:
+    """``save_pretrained`` / ``from_pretrained`` for an ``nn.Module`` that keeps ``self.config``."""
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write config.json and model.safetensors, from which ``from_pretrained`` rebuilds this module."""
+        return save_model(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, device: str = "cpu"):
+        """Rebuild a module saved by ``save_pretrained``; it must be an instance of the class this is called on."""
+        model = load_model(directory, device=device)
+        if not isinstance(model, cls):
+            raise TypeError(f"directory: expected a saved {cls.__name__}, found a {type(model).__name__}")
+        return model
 
 
 def save_model(model: nn.Module, directory: str | os.PathLike) -> Path:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver.config import Pretrained, capture_config
+
 
 def _check_embeddings(a: Tensor, b: Tensor, names: tuple[str, str]) -> None:
     for x, name in zip((a, b), names):
@@ -36,7 +38,7 @@ def info_nce_loss(a: Tensor, b: Tensor, logit_scale: Tensor | float) -> Tensor:
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
-class ContrastiveModel(nn.Module):
+class ContrastiveModel(Pretrained, nn.Module):
     """Embedders per modality and a learned temperature.
 
     ``forward(x: dict[name, input], pad_masks: dict | None)`` returns ``{name: (B, E) unit-norm embedding}`` for the
@@ -45,6 +47,7 @@ class ContrastiveModel(nn.Module):
 
     def __init__(self, *, embedders: dict[str, nn.Module], temperature: float = 0.07, max_logit_scale: float = 100.0):
         super().__init__()
+        self.config = capture_config(locals())
         if len(embedders) < 2:
             raise ValueError(f"embedders: expected at least two modalities, got {sorted(embedders)}")
         self.embedders = nn.ModuleDict(embedders)

@@ -6,13 +6,13 @@ from torch import Tensor, nn
 
 from perceiver.adapters.base import OutputAdapter, QueryProvider
 from perceiver.attention import Backend
-from perceiver.config import capture_config
+from perceiver.config import Pretrained, capture_config
 from perceiver.init import init_linear_layers
 from perceiver.layers import CrossAttentionLayer, run_layer
 from perceiver.masks import check_pad_mask
 
 
-class PerceiverDecoder(nn.Module):
+class PerceiverDecoder(Pretrained, nn.Module):
     """Queries (B, O, E) from ``query_provider`` cross-attend to latents (B, N, D); ``output_adapter`` maps (B, O, E).
 
     A query marked as padding by the query provider's mask (True = padding) gets a zero decoder output, so it

@@ -6,13 +6,13 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.attention import Backend
-from perceiver.config import capture_config
+from perceiver.config import Pretrained, capture_config
 from perceiver.init import init_latents, init_linear_layers
 from perceiver.layers import CrossAttentionLayer, SelfAttentionBlock, run_layer
 from perceiver.masks import check_pad_mask, zero_padding
 
 
-class PerceiverEncoder(nn.Module):
+class PerceiverEncoder(Pretrained, nn.Module):
     """Latents (N, D) cross-attend to tokens (B, M, C), then blocks of latent self-attention; returns (B, N, D).
 
     The computation interleaves cross-attends and self-attention blocks as in the Perceiver papers::

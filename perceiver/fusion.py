@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from perceiver.adapters.multimodal import PRESENT_SUFFIX, blank_absent
+from perceiver.adapters.multimodal import PRESENT_SUFFIX, blank_absent, presence_flag
 from perceiver.attention import Backend
+from perceiver.config import Pretrained, capture_config
 from perceiver.encoder import PerceiverEncoder
 from perceiver.init import init_latents, init_linear_layers
 from perceiver.layers import CrossAttentionLayer, SelfAttentionBlock
@@ -31,13 +32,8 @@ def modality_presence(x: dict, names: list[str], batch_size: int, device: torch.
         if name not in x:
             columns.append(torch.zeros(batch_size, dtype=torch.bool, device=device))
             continue
-        present = x.get(name + PRESENT_SUFFIX)
-        if present is None:
-            present = torch.ones(batch_size, dtype=torch.bool, device=device)
-        elif not isinstance(present, Tensor) or present.dtype != torch.bool or tuple(present.shape) != (batch_size,):
-            got = f"{present.dtype} {tuple(present.shape)}" if isinstance(present, Tensor) else type(present).__name__
-            raise ValueError(f"x[{name + PRESENT_SUFFIX!r}]: expected a bool tensor of shape ({batch_size},), got {got}")
-        columns.append(present)
+        present = presence_flag(x, name, batch_size)
+        columns.append(torch.ones(batch_size, dtype=torch.bool, device=device) if present is None else present)
     presence = torch.stack(columns, dim=1)
     if not bool(presence.any(dim=1).all()):
         missing = torch.nonzero(~presence.any(dim=1)).flatten().tolist()
@@ -78,7 +74,7 @@ def drop_modalities(x: dict, names: list[str], p: float, generator: torch.Genera
     return dropped
 
 
-class LateFusionClassifier(nn.Module):
+class LateFusionClassifier(Pretrained, nn.Module):
     """One classifier per modality (each maps its input to logits (B, K)); their log-probabilities are combined.
 
     ``weighting="mean"`` averages the log-probabilities of the modalities a sample has; ``"learned"`` weighs them with
@@ -87,6 +83,7 @@ class LateFusionClassifier(nn.Module):
 
     def __init__(self, *, models: dict[str, nn.Module], weighting: str = "mean"):
         super().__init__()
+        self.config = capture_config(locals())
         if weighting not in ("mean", "learned"):
             raise ValueError(f"weighting: expected 'mean' or 'learned', got {weighting!r}")
         if not models:
@@ -119,7 +116,7 @@ class LateFusionClassifier(nn.Module):
         return (fused, branches) if return_branches else fused
 
 
-class HybridFusionClassifier(nn.Module):
+class HybridFusionClassifier(Pretrained, nn.Module):
     """Per-modality adapters and encoders; concatenated latents refined by shared self-attention; one class query.
 
     All encoders must have the same latent width. The latents of a modality that a sample lacks are masked out of the
@@ -138,6 +135,7 @@ class HybridFusionClassifier(nn.Module):
         backend: Backend | None = None,
     ):
         super().__init__()
+        self.config = capture_config(locals())
         if set(adapters) != set(encoders) or not adapters:
             raise ValueError(f"adapters, encoders: expected the same non-empty modality names, got {sorted(adapters)} "
                              f"and {sorted(encoders)}")

@@ -6,9 +6,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from perceiver.attention import Backend, MultiHeadAttention
+from perceiver.config import Pretrained, capture_config
 
 
-class MLP(nn.Sequential):
+class MLP(Pretrained, nn.Sequential):
     """LayerNorm → Linear(C, w·C) → GELU → Linear(w·C, C) → dropout."""
 
     def __init__(self, *, num_channels: int, widening_factor: int = 1, dropout: float = 0.0):
@@ -20,6 +21,7 @@ class MLP(nn.Sequential):
             nn.Linear(hidden, num_channels),
             nn.Dropout(dropout),
         )
+        self.config = capture_config(locals())
 
     @property
     def output(self) -> nn.Linear:
@@ -27,7 +29,7 @@ class MLP(nn.Sequential):
         return self[3]
 
 
-class CrossAttentionLayer(nn.Module):
+class CrossAttentionLayer(Pretrained, nn.Module):
     """Queries ``x_q`` (B, N, Cq) read ``x_kv`` (B, M, Ckv); then an MLP. Both with residual connections.
 
     ``query_residual=False`` drops the residual around the attention (Perceiver IO decoders do this, so that an output
@@ -50,6 +52,7 @@ class CrossAttentionLayer(nn.Module):
         backend: Backend | None = None,
     ):
         super().__init__()
+        self.config = capture_config(locals())
         self.q_norm = nn.LayerNorm(num_q_input_channels)
         self.kv_norm = nn.LayerNorm(num_kv_input_channels)
         self.attention = MultiHeadAttention(
@@ -71,7 +74,7 @@ class CrossAttentionLayer(nn.Module):
         return x + self.mlp(x)
 
 
-class SelfAttentionLayer(nn.Module):
+class SelfAttentionLayer(Pretrained, nn.Module):
     """Self-attention of ``x`` (B, N, C) over itself, then an MLP, both residual; ``causal``: token i sees tokens <= i."""
 
     def __init__(
@@ -87,6 +90,7 @@ class SelfAttentionLayer(nn.Module):
         backend: Backend | None = None,
     ):
         super().__init__()
+        self.config = capture_config(locals())
         self.norm = nn.LayerNorm(num_channels)
         self.attention = MultiHeadAttention(
             num_heads=num_heads,
@@ -106,11 +110,12 @@ class SelfAttentionLayer(nn.Module):
         return x + self.mlp(x)
 
 
-class SelfAttentionBlock(nn.ModuleList):
+class SelfAttentionBlock(Pretrained, nn.ModuleList):
     """``num_layers`` self-attention layers applied in order; optionally with activation checkpointing."""
 
     def __init__(self, *, num_layers: int, activation_checkpointing: bool = False, **layer_kwargs):
         super().__init__([SelfAttentionLayer(**layer_kwargs) for _ in range(num_layers)])
+        self.config = capture_config(locals())
         self.activation_checkpointing = activation_checkpointing
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from torch import Tensor, nn
 
 from perceiver.adapters.base import InputAdapter
-from perceiver.config import capture_config, load_model, save_model
+from perceiver.config import Pretrained, capture_config
 from perceiver.decoder import PerceiverDecoder
 from perceiver.encoder import PerceiverEncoder
 
 
-class PerceiverIO(nn.Module):
+class PerceiverIO(Pretrained, nn.Module):
     """A task model: ``forward(x, pad_mask=None, **query_args)`` returns the output adapter's result.
 
     ``x`` is whatever the input adapter takes (a tensor, or a dict of tensors for several modalities); ``pad_mask``
@@ -47,14 +44,3 @@ class PerceiverIO(nn.Module):
         tokens, pad_mask = self.input_adapter(x, pad_mask)
         latents = self.encoder(tokens, pad_mask)
         return self.decoder(latents, tokens=tokens, pad_mask=pad_mask, **query_args)
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write config.json and model.safetensors, from which ``from_pretrained`` rebuilds this model."""
-        return save_model(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, device: str = "cpu") -> "PerceiverIO":
-        model = load_model(directory, device=device)
-        if not isinstance(model, cls):
-            raise TypeError(f"directory: expected a saved {cls.__name__}, found a {type(model).__name__}")
-        return model

@@ -25,6 +25,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from perceiver.config import Pretrained, capture_config
+
 POSITION_KINDS = ("fourier", "learned")
 
 
@@ -36,7 +38,7 @@ def as_shape(value: int | Sequence[int], name: str) -> tuple[int, ...]:
     return shape
 
 
-class PositionEncoding(nn.Module):
+class PositionEncoding(Pretrained, nn.Module):
     """Encodes the cells of a ``max_shape`` grid as ``num_channels`` features.
 
     Subclasses set ``max_shape`` and ``num_channels`` and define ``encode_index(index)`` for valid flat indices.
@@ -104,6 +106,7 @@ class FourierPositionEncoding(PositionEncoding):
         include_positions: bool = True,
     ):
         super().__init__()
+        self.config = capture_config(locals())
         self.max_shape = as_shape(max_shape, "max_shape")
         resolution = self.max_shape if max_resolution is None else as_shape(max_resolution, "max_resolution")
         if len(resolution) != len(self.max_shape):
@@ -160,15 +163,16 @@ class FourierPositionEncoding(PositionEncoding):
 
 
 class LearnedPositionEncoding(PositionEncoding):
-    """One learned ``num_channels`` vector per cell of a ``max_shape`` grid (initialised N(0, init_std))."""
+    """One learned ``num_channels`` vector per cell of a ``max_shape`` grid (initialised N(0, init_scale²))."""
 
-    def __init__(self, *, max_shape: int | Sequence[int], num_channels: int, init_std: float = 0.02):
+    def __init__(self, *, max_shape: int | Sequence[int], num_channels: int, init_scale: float = 0.02):
         super().__init__()
+        self.config = capture_config(locals())
         self.max_shape = as_shape(max_shape, "max_shape")
         if num_channels < 1:
             raise ValueError(f"num_channels: expected a positive int, got {num_channels}")
         self.num_channels = num_channels
-        self.table = nn.Parameter(torch.randn(math.prod(self.max_shape), num_channels) * init_std)
+        self.table = nn.Parameter(torch.randn(math.prod(self.max_shape), num_channels) * init_scale)
 
     def encode_index(self, index: Tensor) -> Tensor:
         return self.table[index]
@@ -178,7 +182,7 @@ class LearnedPositionEncoding(PositionEncoding):
         return self.at_index(index)
 
 
-class RotaryEmbedding(nn.Module):
+class RotaryEmbedding(Pretrained, nn.Module):
     """Rotates the first ``num_channels`` channels of each query or key head by angles proportional to its position.
 
     Channel pair (c, c + num_channels / 2) of a head at position p turns by p · base^(-2c / num_channels), so that the
@@ -188,6 +192,7 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, *, num_channels: int, base: float = 10000.0):
         super().__init__()
+        self.config = capture_config(locals())
         if not (isinstance(num_channels, int) and num_channels > 0 and num_channels % 2 == 0):
             raise ValueError(f"num_channels: expected a positive even int, got {num_channels!r}")
         if not base > 1:

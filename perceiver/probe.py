@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceiver.config import Pretrained, capture_config
+
 
 def _check_features(features: Tensor, labels: Tensor | None, name: str = "features") -> None:
     if not isinstance(features, Tensor) or features.dim() != 2 or not features.is_floating_point():
@@ -23,11 +25,12 @@ def _check_features(features: Tensor, labels: Tensor | None, name: str = "featur
                          f"{tuple(labels.shape)} dtype {labels.dtype}")
 
 
-class LinearProbe(nn.Module):
+class LinearProbe(Pretrained, nn.Module):
     """Standardise features (S, F) with the training set's statistics, then a linear map to class logits (S, K)."""
 
     def __init__(self, *, num_features: int, num_classes: int):
         super().__init__()
+        self.config = capture_config(locals())
         self.register_buffer("mean", torch.zeros(num_features))
         self.register_buffer("std", torch.ones(num_features))
         self.linear = nn.Linear(num_features, num_classes)

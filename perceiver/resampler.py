@@ -16,13 +16,13 @@ from torch import Tensor, nn
 
 from perceiver.adapters.checks import check_model_dtype, check_tensor
 from perceiver.attention import Backend
-from perceiver.config import capture_config
+from perceiver.config import Pretrained, capture_config
 from perceiver.init import init_latents, init_linear_layers
 from perceiver.layers import CrossAttentionLayer
 from perceiver.masks import check_pad_mask, zero_padding
 
 
-class PerceiverResampler(nn.Module):
+class PerceiverResampler(Pretrained, nn.Module):
     """``forward(features (B, M, num_input_channels), pad_mask (B, M) | None) -> (B, num_latents, num_output_channels)``.
 
     ``max_frames`` adds a learned embedding per frame for features laid out as (B, T, S, C) (T frames of S features

@@ -364,7 +364,33 @@ def test_multimodal_errors():
         adapter({"text": ids, "image": torch.zeros(2, 1, 8, 8), "image_present": torch.ones(2, dtype=torch.long)})
     with pytest.raises(ValueError, match=r"x\['image_present'\]: expected shape \(2,\), got \(3,\)"):
         adapter({"text": ids, "image": torch.zeros(2, 1, 8, 8), "image_present": torch.ones(3, dtype=torch.bool)})
-    with pytest.raises(ValueError, match=r"pad_mask: expected keys among .*got unknown \['video'\]"):
+    with pytest.raises(ValueError, match=r"pad_masks: expected keys among .*got unknown \['video'\]"):
         adapter({"text": ids}, {"video": None})
     with pytest.raises(ValueError, match="num_channels: expected at least the widest adapter's 16, got 8"):
         MultimodalAdapter(adapters={"text": ByteAdapter(embed_channels=16)}, num_channels=8)
+
+
+def test_multimodal_takes_pad_masks_and_its_former_name_pad_mask():
+    adapter = small_multimodal()
+    ids, text_mask = adapter.adapters["text"].encode(["abc", "de"])
+    x = {"text": ids, "image": torch.zeros(2, 1, 8, 8)}
+    tokens, mask = adapter(x, pad_masks={"text": text_mask})
+    old_tokens, old_mask = adapter(x, pad_mask={"text": text_mask})
+    assert torch.equal(tokens, old_tokens) and torch.equal(mask, old_mask)
+    with pytest.raises(TypeError, match="pad_masks, pad_mask: expected one of them"):
+        adapter(x, {"text": text_mask}, pad_mask={"text": text_mask})
+
+
+def test_one_presence_flag_parser_for_the_adapter_and_the_fusion_modules():
+    from perceiver.adapters.multimodal import presence_flag
+    from perceiver.fusion import modality_presence
+
+    x = {"a": torch.zeros(3, 2), "b": torch.zeros(3, 2), "b_present": torch.tensor([True, False, True])}
+    assert presence_flag(x, "a", 3) is None and torch.equal(presence_flag(x, "b", 3), x["b_present"])
+    assert modality_presence(x, ["a", "b"], 3, torch.device("cpu")).tolist() == [[True, True], [True, False],
+                                                                                  [True, True]]
+    for bad, error in ((torch.tensor([1, 0, 1]), TypeError), (torch.tensor([True]), ValueError)):
+        with pytest.raises(error, match=r"x\['b_present'\]"):
+            presence_flag({**x, "b_present": bad}, "b", 3)
+        with pytest.raises(error, match=r"x\['b_present'\]"):
+            modality_presence({**x, "b_present": bad}, ["a", "b"], 3, torch.device("cpu"))

@@ -107,3 +107,51 @@ def test_multi_head_attention_ignores_padded_keys():
         attention(x_q, torch.randn(1, 7, 4))
     with pytest.raises(ValueError, match="num_qk_channels: expected a multiple of num_heads=3"):
         MultiHeadAttention(num_heads=3, num_q_input_channels=8, num_kv_input_channels=8)
+
+
+def test_recorded_weights_equal_a_float64_recomputation_and_sum_to_one_over_unpadded_keys():
+    from perceiver import PerceiverEncoder, record_attention
+
+    torch.manual_seed(0)
+    encoder = PerceiverEncoder(num_input_channels=6, num_latents=4, num_latent_channels=8, num_cross_attention_heads=2,
+                               num_self_attention_heads=2, num_self_attention_layers_per_block=1,
+                               num_self_attention_blocks=3)
+    tokens = torch.randn(3, 7, 6)
+    pad_mask = torch.zeros(3, 7, dtype=torch.bool)
+    pad_mask[1, 4:] = True
+    pad_mask[2, :] = True  # a sample with no real token: its weights are all 0
+    expected = encoder(tokens, pad_mask)
+    with record_attention(encoder) as calls:
+        recorded_output = encoder(tokens, pad_mask)
+    torch.testing.assert_close(recorded_output, expected, rtol=1e-5, atol=1e-5)
+    # One cross-attend, the first block, then the later blocks' shared weights applied twice: one call per application.
+    assert [call.name for call in calls] == ["cross_attention_1.attention", "self_attention_1.0.attention",
+                                             "self_attention_n.0.attention", "self_attention_n.0.attention"]
+    assert not calls[0].weights.requires_grad
+
+    layer = encoder.cross_attention_1
+    double = {name: p.detach().double() for name, p in layer.named_parameters()}
+    latents = torch.nn.functional.layer_norm(encoder.latents.detach().double(), (8,), double["q_norm.weight"],
+                                             double["q_norm.bias"])
+    keys = torch.nn.functional.layer_norm(tokens.double(), (6,), double["kv_norm.weight"], double["kv_norm.bias"])
+    q = (latents @ double["attention.q_proj.weight"].T + double["attention.q_proj.bias"]).reshape(4, 2, 4)
+    k = (keys @ double["attention.k_proj.weight"].T + double["attention.k_proj.bias"]).reshape(3, 7, 2, 4)
+    scores = torch.einsum("nhd,bmhd->bhnm", q, k) / 2.0
+    reference = scores.masked_fill(pad_mask[:, None, None, :], float("-inf")).softmax(dim=-1).nan_to_num(0.0)
+    weights = calls[0].weights
+    assert weights.shape == (3, 2, 4, 7)
+    torch.testing.assert_close(weights.double(), reference, rtol=1e-5, atol=1e-6)
+    sums = weights.sum(dim=-1)
+    torch.testing.assert_close(sums[:2], torch.ones_like(sums[:2]))
+    assert (weights[1, ..., 4:] == 0).all() and (weights[2] == 0).all()
+
+
+def test_recording_stops_at_the_end_of_the_block():
+    from perceiver import record_attention
+
+    attention = MultiHeadAttention(num_heads=1, num_q_input_channels=4, num_kv_input_channels=4)
+    x = torch.randn(1, 3, 4)
+    with record_attention(attention) as calls:
+        attention(x, x)
+    attention(x, x)
+    assert len(calls) == 1 and calls[0].name == "" and calls[0].weights.shape == (1, 1, 3, 3)

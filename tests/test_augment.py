@@ -11,8 +11,8 @@ import torch
 
 from perceiver import build_module, module_spec
 from perceiver.adapters import LogMelSpectrogram, SpectrogramAdapter, SpectrogramConvAdapter
-from perceiver.augment import (add_noise, change_speed, crop, crop_to_speech, delay, gain_and_tilt,
-                               room_impulse_responses, reverberate, telephone_band)
+from perceiver.augment import (add_noise, add_white_noise, change_speed, crop, crop_to_speech, delay, gain_and_tilt,
+                               occlude_and_add_noise, reverberate, room_impulse_responses, telephone_band)
 from perceiver.masks import pad_mask_from_lengths
 
 RATE = 16000
@@ -281,3 +281,28 @@ def test_bad_augmentation_options_name_the_argument():
         LogMelSpectrogram(**FRONT, time_masks=-1)
     with pytest.raises(ValueError, match="freq_mask_bins"):
         LogMelSpectrogram(**FRONT, freq_mask_bins=40)
+
+
+def test_occlusion_noises_only_the_square_and_stays_in_range():
+    images = torch.zeros(6, 1, 28, 28)
+    out = occlude_and_add_noise(images, noise_std=0.0, occlusion=10, generator=torch.Generator().manual_seed(0))
+    changed = (out != 0).flatten(1).sum(dim=1)
+    assert ((changed > 80) & (changed <= 100)).all()  # uniform noise in [0, 1) is 0 with probability ~0
+    rows, cols = torch.nonzero(out[0, 0], as_tuple=True)
+    assert int(rows.max() - rows.min()) < 10 and int(cols.max() - cols.min()) < 10
+    noisy = occlude_and_add_noise(torch.full((4, 1, 28, 28), 0.5), noise_std=0.3, occlusion=0)
+    assert noisy.min() >= 0 and noisy.max() <= 1 and abs(float(noisy.std()) - 0.3) < 0.03
+
+
+def test_white_noise_reaches_the_asked_snr_and_keeps_padding_silent():
+    generator = torch.Generator().manual_seed(0)
+    audio = torch.randn(3, 8000, generator=generator, dtype=torch.float64)
+    pad_mask = torch.zeros(3, 8000, dtype=torch.bool)
+    pad_mask[1, 6000:] = True
+    audio = audio.masked_fill(pad_mask, 0.0)
+    noisy = add_white_noise(audio, pad_mask, snr_db=-6.0, generator=generator)
+    assert (noisy[1, 6000:] == 0).all()
+    noise = (noisy - audio)[0]
+    snr = 10 * math.log10(float((audio[0] ** 2).mean()) / float((noise**2).mean()))
+    assert snr == pytest.approx(-6.0, abs=0.2)
+    assert add_white_noise(audio, pad_mask, snr_db=None) is audio

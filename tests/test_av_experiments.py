@@ -1,4 +1,4 @@
-"""The audio-visual digit experiments: degradations, the fusion and recovery scripts end to end, the run summary."""
+"""The audio-visual digit experiments: their inputs, the fusion and recovery scripts end to end, the run summary."""
 
 import json
 import math
@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from experiments import av_digits, av_fusion, av_recovery, resampler_digits, summarize
+from experiments import av_fusion, av_recovery, common, resampler_digits, summarize
+from perceiver import load_model
 from perceiver.adapters import LabelAdapter
 
 TINY_MODEL = ["--num-latents", "4", "--num-latent-channels", "16", "--embed-channels", "16", "--num-bands", "2",
@@ -35,6 +36,13 @@ def run(module, out, data, *extra):
     return metrics
 
 
+def assert_saved_model_loads(directory):
+    """The run's model folder (config.json + model.safetensors) rebuilds the model with every weight."""
+    loaded = load_model(directory)
+    assert sum(p.numel() for p in loaded.parameters()) > 0
+    return loaded
+
+
 @pytest.mark.parametrize("variant", av_fusion.VARIANTS)
 def test_fusion_variant_tiny_run_reports_each_test_condition_it_can_answer(tmp_path, data, variant):
     metrics = run(av_fusion, tmp_path / variant, data, "--variant", variant)
@@ -43,6 +51,7 @@ def test_fusion_variant_tiny_run_reports_each_test_condition_it_can_answer(tmp_p
     assert reported == sorted(expected)
     assert all(0.0 <= metrics[f"test_accuracy_{name}"] <= 1.0 for name in expected)
     assert metrics["test_samples"] == 12 and metrics["variant"] == variant
+    assert_saved_model_loads(tmp_path / variant / "model")
 
 
 def test_recovery_tiny_run_reports_psnr_judged_accuracy_and_saves_the_grid(tmp_path, data):
@@ -66,39 +75,16 @@ def test_resampler_tiny_run_classifies_variable_length_features_independently_of
     assert metrics["summary"] == summary and 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_samples"] == 12
     assert metrics["test_frames_min"] < metrics["test_frames_max"]  # the features really vary in length
     assert metrics["padding_max_abs_logit_gap"] < 1e-4
-
-
-def test_degrade_images_noises_only_the_square_and_stays_in_range():
-    images = torch.zeros(6, 1, 28, 28)
-    out = av_digits.degrade_images(images, noise_std=0.0, occlusion=10, generator=torch.Generator().manual_seed(0))
-    changed = (out != 0).flatten(1).sum(dim=1)
-    assert ((changed > 80) & (changed <= 100)).all()  # uniform noise in [0, 1) is 0 with probability ~0
-    rows, cols = torch.nonzero(out[0, 0], as_tuple=True)
-    assert int(rows.max() - rows.min()) < 10 and int(cols.max() - cols.min()) < 10
-    noisy = av_digits.degrade_images(torch.full((4, 1, 28, 28), 0.5), noise_std=0.3, occlusion=0)
-    assert noisy.min() >= 0 and noisy.max() <= 1 and abs(float(noisy.std()) - 0.3) < 0.03
-
-
-def test_degrade_audio_reaches_the_asked_snr_and_keeps_padding_silent():
-    generator = torch.Generator().manual_seed(0)
-    audio = torch.randn(3, 8000, generator=generator, dtype=torch.float64)
-    pad_mask = torch.zeros(3, 8000, dtype=torch.bool)
-    pad_mask[1, 6000:] = True
-    audio = audio.masked_fill(pad_mask, 0.0)
-    noisy = av_digits.degrade_audio(audio, pad_mask, snr_db=-6.0, generator=generator)
-    assert (noisy[1, 6000:] == 0).all()
-    noise = (noisy - audio)[0]
-    snr = 10 * math.log10(float((audio[0] ** 2).mean()) / float((noise**2).mean()))
-    assert snr == pytest.approx(-6.0, abs=0.2)
-    assert av_digits.degrade_audio(audio, pad_mask, snr_db=None) is audio
+    loaded = assert_saved_model_loads(tmp_path / summary / "model")
+    assert isinstance(loaded, resampler_digits.TokenClassifier) and loaded.summary == summary
 
 
 def test_evaluation_degradations_are_the_same_whichever_modalities_are_asked_for():
     batch = {"image": torch.rand(2, 1, 28, 28), "audio": torch.randn(2, 4000),
              "audio_pad_mask": torch.zeros(2, 4000, dtype=torch.bool), "label": torch.tensor([1, 2])}
-    degradation = av_digits.Degradation(image_noise=0.3, occlusion=8, audio_snr_db=0.0)
-    both, _ = av_digits.model_inputs(batch, ("image", "audio"), "cpu", degradation, av_digits.eval_generator(0))
-    audio_only, _ = av_digits.model_inputs(batch, ("audio",), "cpu", degradation, av_digits.eval_generator(0))
+    degradation = common.Degradation(image_noise=0.3, occlusion=8, audio_snr_db=0.0)
+    both, _ = common.av_model_inputs(batch, ("image", "audio"), "cpu", degradation, common.eval_generator(0))
+    audio_only, _ = common.av_model_inputs(batch, ("audio",), "cpu", degradation, common.eval_generator(0))
     assert set(audio_only) == {"audio"} and torch.equal(both["audio"], audio_only["audio"])
 
 

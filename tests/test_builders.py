@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from perceiver import PerceiverIO
+from perceiver import PerceiverIO, module_spec
 from perceiver.adapters import ByteAdapter, ConvAdapter, PatchAdapter
 from perceiver.builders import autoencoder, classifier, token_model
 
@@ -45,3 +45,29 @@ def test_builder_errors():
         classifier(torch.nn.Linear(2, 2), num_classes=3)
     with pytest.raises(ValueError, match="input_adapter: expected a token adapter"):
         token_model(ConvAdapter(in_channels=1, max_size=(8, 8), channels=(4,), strides=(2,)))
+
+
+def test_classifier_draws_the_same_weights_as_the_hand_assembled_model():
+    from perceiver import PerceiverDecoder, PerceiverEncoder
+    from perceiver.adapters import ClassificationOutput, ClassificationQuery
+
+    def adapter():
+        return PatchAdapter(in_channels=1, max_size=(8, 8), patch_size=4, embed_channels=8, num_bands=2)
+
+    torch.manual_seed(0)
+    by_hand_adapter = adapter()
+    by_hand = PerceiverIO(
+        input_adapter=by_hand_adapter,
+        encoder=PerceiverEncoder(num_input_channels=by_hand_adapter.num_channels, num_latents=4, num_latent_channels=8,
+                                 num_self_attention_heads=2, cross_attention_widening_factor=2,
+                                 self_attention_widening_factor=2),
+        decoder=PerceiverDecoder(query_provider=ClassificationQuery(num_channels=8),
+                                 output_adapter=ClassificationOutput(num_channels=8, num_classes=3),
+                                 num_latent_channels=8))
+    torch.manual_seed(0)
+    built = classifier(adapter(), num_classes=3, num_latents=4, num_latent_channels=8, num_self_attention_heads=2,
+                       widening_factor=2, decoder_kwargs={"cross_attention_widening_factor": 1})
+    assert module_spec(built) == module_spec(by_hand)
+    expected = by_hand.state_dict()
+    for name, value in built.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)

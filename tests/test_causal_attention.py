@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from perceiver import SelfAttentionLayer, attend
-from perceiver.attention import MultiHeadAttention, causal_mask, resolve_backend
+from perceiver.attention import MultiHeadAttention, causal_mask
 
 
 def causal_reference(q, k, v, pad_mask, scale):

@@ -410,7 +410,7 @@ def test_cli_builds_shards(tmp_path, capsys):
 
 
 def test_a_build_records_its_limit_and_a_run_asking_for_another_rebuilds(tmp_path, capsys):
-    from experiments.datasets import ensure_shards
+    from experiments.common import ensure_shards
     from perceiver.data import read_manifest
 
     directory = tmp_path / "fashion-mnist"

@@ -6,18 +6,13 @@ M can be 1. The interpreter cannot run bf16 dots, so bf16 is tested on CUDA only
 the same reference with N = M, N < M, N > M (queries that see no key), N = 1 and M = 1, with and without padding.
 """
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import perceiver
 from perceiver.kernels import attention, num_splits_heuristic, unsupported_reason
-from perceiver.kernels import bench
 from perceiver.kernels.runtime import INTERPRET, length_bucket
 
 if not INTERPRET and not torch.cuda.is_available():
@@ -314,45 +309,3 @@ def test_num_splits_heuristic():
 
 def test_length_buckets_are_powers_of_two_capped():
     assert [length_bucket(n) for n in (1, 16, 17, 1000, 1024, 50_176, 10**7)] == [16, 16, 32, 1024, 1024, 65536, 65536]
-
-
-def test_bench_formats_a_table_and_json_from_results():
-    results = [
-        {"shape": "cross B=1", "pass": "fwd", "method": "triton (ours)", "ms": 2.0, "tflops": 1.5, "peak_mib": 10.0},
-        {"shape": "cross B=1", "pass": "fwd", "method": "sdpa cudnn", "ms": None, "note": "unavailable: no"},
-    ]
-    table = bench.format_table(results).splitlines()
-    assert table[0].startswith("| shape | pass | method | ms | TFLOP/s | peak MiB")
-    assert table[2] == "| cross B=1 | fwd | triton (ours) | 2.000 | 1.5 | 10 |  |"
-    assert table[3] == "| cross B=1 | fwd | sdpa cudnn | - | - | - | unavailable: no |"
-    document = json.loads(json.dumps(bench.report(results, {"device": "fake"})))
-    assert document["environment"]["device"] == "fake" and document["results"][0]["ms"] == 2.0
-
-
-def test_bench_flop_and_byte_floors():
-    shape = bench.Shape("self", 4, 8, 4096, 4096)
-    assert bench.flops(shape, "fwd") == 4 * 4 * 8 * 4096 * 4096 * 64
-    assert bench.flops(shape, "fwd+bwd") == 3.5 * bench.flops(shape, "fwd")
-    assert bench.min_bytes(shape, "fwd") == 4 * (4 * 8 * 4096 * 64) * 2
-    row = bench.floors(shape, "fwd")
-    assert row["compute_floor_ms"] == pytest.approx(bench.flops(shape, "fwd") / 989e12 * 1e3)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
-def test_bench_refuses_without_cuda(capsys):
-    assert bench.main(["--quick"]) == 2
-    assert "needs a CUDA GPU" in capsys.readouterr().err
-
-
-def test_forward_compiles_for_h100_with_pipelined_tensor_core_loops(tmp_path):
-    # Compiling needs no GPU; the interpreter must be off in the child process.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    command = [sys.executable, "-m", "perceiver.kernels.compile_check", "--kernel", "forward", "--first"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    row = [line for line in result.stdout.splitlines() if line.startswith("| forward")][0]
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
-    registers, spill_bytes, pipelined, tensor_cores = int(cells[5]), int(cells[6]), cells[8], cells[9]
-    assert spill_bytes == 0 and registers <= 255
-    assert pipelined == "yes" and tensor_cores == "yes"

@@ -110,7 +110,7 @@ def test_fusion_rejects_samples_without_any_modality():
     x, _ = toy_pairs(2, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=r"samples \[1\] have none"):
         model({**x, "image_present": torch.tensor([True, False]), "signal_present": torch.tensor([False, False])})
-    with pytest.raises(ValueError, match="signal_present"):
+    with pytest.raises(TypeError, match="signal_present"):
         model({**x, "signal_present": torch.tensor([1, 0])})
 
 

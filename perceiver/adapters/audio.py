@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from perceiver.adapters.base import InputAdapter
 from perceiver.adapters.conv import ConvStem
 from perceiver.adapters.checks import check_tensor
+from perceiver.config import Pretrained, capture_config
 from perceiver.masks import check_pad_mask, pad_mask_from_lengths, zero_padding
 from perceiver.positions import as_shape, build_position_encoding, with_positions
 
@@ -56,7 +57,7 @@ def mel_filterbank(
     return torch.clamp(torch.minimum(rising, falling), min=0.0)
 
 
-class LogMelSpectrogram(nn.Module):
+class LogMelSpectrogram(Pretrained, nn.Module):
     """Waveforms (B, T) at ``sample_rate`` → log-mel spectrogram (B, F, n_mels) and its frame pad mask (B, F).
 
     ``torch.stft`` with a periodic Hann window of ``n_fft`` samples, ``center=False`` (frame ``t`` covers samples
@@ -85,6 +86,7 @@ class LogMelSpectrogram(nn.Module):
                  normalize: bool = True, log_floor: float = 1e-6, warp: float = 0.0, time_masks: int = 0,
                  time_mask_frames: int = 10, freq_masks: int = 0, freq_mask_bins: int = 4):
         super().__init__()
+        self.config = capture_config(locals())
         max_samples = round(max_duration * sample_rate)
         if max_samples < n_fft:
             raise ValueError(f"max_duration: expected at least one frame ({n_fft} samples), got {max_samples} samples")
@@ -261,6 +263,7 @@ class SpectrogramAdapter(InputAdapter):
         freq_mask_bins: int = 4,
     ):
         super().__init__()
+        self.config = capture_config(locals())
         patch = as_shape(patch_size, "patch_size")
         patch = patch * 2 if len(patch) == 1 else patch
         if len(patch) != 2:
@@ -269,23 +272,6 @@ class SpectrogramAdapter(InputAdapter):
             raise ValueError(f"n_mels: expected a multiple of the mel patch size {patch[1]}, got {n_mels}")
         augmentation = dict(warp=warp, time_masks=time_masks, time_mask_frames=time_mask_frames,
                             freq_masks=freq_masks, freq_mask_bins=freq_mask_bins)
-        self.config = dict(
-            sample_rate=sample_rate,
-            n_fft=n_fft,
-            hop_length=hop_length,
-            n_mels=n_mels,
-            f_min=f_min,
-            f_max=f_max,
-            mel_scale=mel_scale,
-            max_duration=max_duration,
-            patch_size=list(patch),
-            embed_channels=embed_channels,
-            positions=positions,
-            num_bands=num_bands,
-            normalize=normalize,
-            log_floor=log_floor,
-            **augmentation,
-        )
         self.frontend = LogMelSpectrogram(
             sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
             mel_scale=mel_scale, max_duration=max_duration, normalize=normalize, log_floor=log_floor, **augmentation,
@@ -371,16 +357,11 @@ class SpectrogramConvAdapter(InputAdapter):
         freq_mask_bins: int = 4,
     ):
         super().__init__()
+        self.config = capture_config(locals())
         augmentation = dict(warp=warp, time_masks=time_masks, time_mask_frames=time_mask_frames,
                             freq_masks=freq_masks, freq_mask_bins=freq_mask_bins)
         if conv not in SPECTROGRAM_CONVS:
             raise ValueError(f"conv: expected one of {SPECTROGRAM_CONVS}, got {conv!r}")
-        self.config = dict(
-            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
-            mel_scale=mel_scale, max_duration=max_duration, conv=conv, channels=list(channels),
-            strides=list(strides), kernel_size=kernel_size, positions=positions, num_bands=num_bands,
-            normalize=normalize, log_floor=log_floor, **augmentation,
-        )
         self.frontend = LogMelSpectrogram(
             sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
             mel_scale=mel_scale, max_duration=max_duration, normalize=normalize, log_floor=log_floor, **augmentation,

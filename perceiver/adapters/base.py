@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from perceiver.config import Pretrained
 
-class InputAdapter(nn.Module):
+
+class InputAdapter(Pretrained, nn.Module):
     """Raw input → tokens (B, M, C) and a pad mask (B, M), True = padding (None: no padding).
 
     Subclasses set ``num_channels`` (C) in ``__init__`` and implement ``forward(x, pad_mask=None)``.
@@ -18,7 +20,7 @@ class InputAdapter(nn.Module):
     num_channels: int
 
 
-class QueryProvider(nn.Module):
+class QueryProvider(Pretrained, nn.Module):
     """Output queries (B, O, E) for the decoder, and an optional query pad mask (B, O).
 
     ``forward(tokens, pad_mask, **query_args)`` receives the adapted input (so that per-token queries can follow its
@@ -29,7 +31,7 @@ class QueryProvider(nn.Module):
     num_channels: int
 
 
-class OutputAdapter(nn.Module):
+class OutputAdapter(Pretrained, nn.Module):
     """Decoder output (B, O, E) → what the task needs (logits, tokens, a reconstruction).
     Subclasses implement ``forward(x)``. One that shares weights with the input adapter (a tied embedding) sets
     ``tied = True`` and implements ``tie_to(input_adapter)``; ``PerceiverIO`` calls it when it is built.

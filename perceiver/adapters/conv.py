@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from perceiver.adapters.base import InputAdapter
 from perceiver.adapters.checks import check_model_dtype, check_tensor
 from perceiver.adapters.patches import nearest_multiples
+from perceiver.config import Pretrained, capture_config
 from perceiver.masks import check_pad_mask
 from perceiver.positions import as_shape, build_position_encoding, with_positions
 
@@ -40,7 +41,7 @@ def downsample_valid(valid: Tensor, stride: int) -> Tensor:
     return pool(valid[:, None].float(), stride, stride, ceil_mode=True)[:, 0] > 0
 
 
-class ConvStem(nn.Module):
+class ConvStem(Pretrained, nn.Module):
     """``len(channels)`` layers of (3×3 or 3-tap) convolution → LayerNorm over channels → GELU.
 
     Layer ``i`` has ``channels[i]`` output channels and stride ``strides[i]``; padding keeps ``ceil(size / stride)``
@@ -50,6 +51,7 @@ class ConvStem(nn.Module):
     def __init__(self, *, num_dims: int, in_channels: int, channels: Sequence[int], strides: Sequence[int],
                  kernel_size: int = 3):
         super().__init__()
+        self.config = capture_config(locals())
         if num_dims not in _CONV:
             raise ValueError(f"num_dims: expected 1 or 2, got {num_dims}")
         if not channels or len(channels) != len(strides):
@@ -119,11 +121,10 @@ class ConvAdapter(InputAdapter):
         num_bands: int = 32,
     ):
         super().__init__()
+        self.config = capture_config(locals())
         max_size = as_shape(max_size, "max_size")
         if len(max_size) not in _CONV:
             raise ValueError(f"max_size: expected (T,) or (H, W), got {max_size}")
-        self.config = dict(in_channels=in_channels, max_size=list(max_size), channels=list(channels),
-                           strides=list(strides), kernel_size=kernel_size, positions=positions, num_bands=num_bands)
         self.stem = ConvStem(num_dims=len(max_size), in_channels=in_channels, channels=channels, strides=strides,
                              kernel_size=kernel_size)
         stride = self.stem.total_stride

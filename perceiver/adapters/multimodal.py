@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from perceiver.adapters.base import InputAdapter
-from perceiver.config import build_module, module_spec
+from perceiver.config import build_module, capture_config
 from perceiver.masks import merge_pad_masks
 
 PRESENT_SUFFIX = "_present"
@@ -26,6 +26,20 @@ def blank_absent(value, present: Tensor):
         return value
     keep = present.reshape(-1, *([1] * (value.dim() - 1)))
     return torch.where(keep, value, torch.zeros((), dtype=value.dtype, device=value.device))
+def presence_flag(x: dict, name: str, batch_size: int) -> Tensor | None:
+    """``x[f"{name}_present"]``, checked: a bool tensor (B,), False where a sample lacks modality ``name``; None when
+    ``x`` has no such flag (every sample that has the modality's input has it). Shared by every module that takes
+    several modalities (``MultimodalAdapter``, the fusion classifiers)."""
+    key = name + PRESENT_SUFFIX
+    present = x.get(key)
+    if present is None:
+        return None
+    if not isinstance(present, Tensor) or present.dtype != torch.bool:
+        got = present.dtype if isinstance(present, Tensor) else type(present).__name__
+        raise TypeError(f"x[{key!r}]: expected a torch.bool tensor ({batch_size},), got {got}")
+    if tuple(present.shape) != (batch_size,):
+        raise ValueError(f"x[{key!r}]: expected shape ({batch_size},), got {tuple(present.shape)}")
+    return present
 
 
 class MultimodalAdapter(InputAdapter):
@@ -34,22 +48,24 @@ class MultimodalAdapter(InputAdapter):
     Each modality's tokens are padded to the common width ``num_channels`` by appending zero channels, then its
     learned modality embedding (C channels) is added, so the encoder can tell modalities apart.
 
-    Input ``x`` is a dict ``{name: that adapter's input}``; ``pad_mask`` is None or a dict ``{name: that adapter's
-    pad mask}``. Missing modalities:
+    Input ``x`` is a dict ``{name: that adapter's input}``; ``pad_masks`` is None or a dict ``{name: that adapter's
+    pad mask}`` (the keyword ``pad_mask`` is still accepted for it). Missing modalities:
 
     - a name absent from ``x``: the whole batch lacks that modality; it contributes no tokens at all;
     - ``x[f"{name}_present"]``, a bool tensor (B,): samples marked False lack the modality; their tokens of it
       (whatever the placeholder input was) are all masked as padding.
 
     Args:
-        adapters: ``{name: adapter}``; an adapter may also be given as ``{"type": ..., "config": ...}``
-            (``perceiver.config.module_spec``), which is how the stored config rebuilds it.
+        adapters: ``{name: adapter}``; an adapter may also be given as its spec ``{"type": ..., "config": ...}``
+            (``perceiver.config.module_spec``).
         num_channels: common token width; defaults to the widest adapter's ``num_channels``.
-        init_std: standard deviation of the modality embeddings' initialisation.
+        init_scale: standard deviation of the modality embeddings' initialisation (``init_std`` in configs stored
+            before the rename still loads).
     """
 
-    def __init__(self, *, adapters: dict, num_channels: int | None = None, init_std: float = 0.02):
+    def __init__(self, *, adapters: dict, num_channels: int | None = None, init_scale: float = 0.02):
         super().__init__()
+        self.config = capture_config(locals())
         if not isinstance(adapters, dict) or not adapters:
             raise ValueError(f"adapters: expected a non-empty dict {{name: adapter}}, got {adapters!r:.80}")
         modules = {}
@@ -66,18 +82,13 @@ class MultimodalAdapter(InputAdapter):
         if num_channels < widest:
             raise ValueError(f"num_channels: expected at least the widest adapter's {widest}, got {num_channels}")
         self.num_channels = num_channels
-        self.modality_embedding = nn.Parameter(torch.randn(len(modules), num_channels) * init_std)
-        self.config = dict(
-            adapters={name: module_spec(adapter) for name, adapter in modules.items()},
-            num_channels=num_channels,
-            init_std=init_std,
-        )
+        self.modality_embedding = nn.Parameter(torch.randn(len(modules), num_channels) * init_scale)
 
     @property
     def modalities(self) -> list[str]:
         return list(self.adapters.keys())
 
-    def check_keys(self, x, pad_mask) -> None:
+    def check_keys(self, x, pad_masks) -> None:
         if not isinstance(x, dict):
             raise TypeError(
                 f"x: expected a dict {{modality: input}} with modalities {self.modalities}, got {type(x).__name__}"
@@ -88,28 +99,33 @@ class MultimodalAdapter(InputAdapter):
             raise ValueError(f"x: expected keys among {sorted(allowed)}, got unknown {unknown}")
         if not any(name in x for name in self.modalities):
             raise ValueError(f"x: expected at least one of the modalities {self.modalities}, got keys {sorted(x)}")
-        if pad_mask is not None:
-            if not isinstance(pad_mask, dict):
+        if pad_masks is not None:
+            if not isinstance(pad_masks, dict):
                 raise TypeError(
-                    f"pad_mask: expected None or a dict {{modality: pad mask}}, got {type(pad_mask).__name__}"
+                    f"pad_masks: expected None or a dict {{modality: pad mask}}, got {type(pad_masks).__name__}"
                 )
-            unknown = sorted(set(pad_mask) - set(self.modalities))
+            unknown = sorted(set(pad_masks) - set(self.modalities))
             if unknown:
-                raise ValueError(f"pad_mask: expected keys among {self.modalities}, got unknown {unknown}")
+                raise ValueError(f"pad_masks: expected keys among {self.modalities}, got unknown {unknown}")
 
     def forward(
-        self, x: dict[str, Tensor], pad_mask: dict[str, Tensor | None] | None = None
+        self, x: dict[str, Tensor], pad_masks: dict[str, Tensor | None] | None = None, *,
+        pad_mask: dict[str, Tensor | None] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        self.check_keys(x, pad_mask)
-        pad_mask = pad_mask or {}
+        if pad_mask is not None:  # the keyword's former name
+            if pad_masks is not None:
+                raise TypeError("pad_masks, pad_mask: expected one of them (pad_mask is its former name), got both")
+            pad_masks = pad_mask
+        self.check_keys(x, pad_masks)
+        pad_masks = pad_masks or {}
         batch_size = None
         all_tokens, all_masks = [], []
         for index, name in enumerate(self.modalities):
             if name not in x:
                 continue
-            present = x.get(name + PRESENT_SUFFIX)
+            present = x.get(name + PRESENT_SUFFIX)  # checked below, once the batch size is known
             value = x[name] if present is None else blank_absent(x[name], present)
-            tokens, mask = self.adapters[name](value, pad_mask.get(name))
+            tokens, mask = self.adapters[name](value, pad_masks.get(name))
             if batch_size is None:
                 batch_size = tokens.shape[0]
             elif tokens.shape[0] != batch_size:
@@ -118,13 +134,8 @@ class MultimodalAdapter(InputAdapter):
                 )
             tokens = nn.functional.pad(tokens, (0, self.num_channels - tokens.shape[-1]))
             tokens = tokens + self.modality_embedding[index].to(tokens.dtype)
+            present = presence_flag(x, name, batch_size)
             if present is not None:
-                key = name + PRESENT_SUFFIX
-                if not isinstance(present, Tensor) or present.dtype != torch.bool:
-                    got = present.dtype if isinstance(present, Tensor) else type(present).__name__
-                    raise TypeError(f"x[{key!r}]: expected a torch.bool tensor ({batch_size},), got {got}")
-                if tuple(present.shape) != (batch_size,):
-                    raise ValueError(f"x[{key!r}]: expected shape ({batch_size},), got {tuple(present.shape)}")
                 absent = ~present[:, None].expand(-1, tokens.shape[1])
                 mask = absent if mask is None else mask | absent
             all_tokens.append(tokens)

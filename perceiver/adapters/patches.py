@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from perceiver.adapters.base import InputAdapter
 from perceiver.adapters.checks import check_model_dtype, check_tensor
+from perceiver.config import capture_config
 from perceiver.masks import check_pad_mask, zero_padding
 from perceiver.positions import as_shape, build_position_encoding, with_positions
 
@@ -76,6 +77,7 @@ class PatchAdapter(InputAdapter):
         max_resolution: int | Sequence[int] | None = None,
     ):
         super().__init__()
+        self.config = capture_config(locals())
         max_size = as_shape(max_size, "max_size")
         if len(max_size) not in _PATCHIFY:
             raise ValueError(f"max_size: expected (T,) or (H, W), got {max_size}")
@@ -89,15 +91,6 @@ class PatchAdapter(InputAdapter):
             raise ValueError(f"max_size: expected a multiple of patch_size={patch}, got {max_size}")
         if embed_channels is None and positions != "fourier":
             raise ValueError(f"positions: raw mode (embed_channels=None) needs 'fourier', got {positions!r}")
-        self.config = dict(
-            in_channels=in_channels,
-            max_size=list(max_size),
-            patch_size=list(patch),
-            embed_channels=embed_channels,
-            positions=positions,
-            num_bands=num_bands,
-            max_resolution=None if max_resolution is None else list(as_shape(max_resolution, "max_resolution")),
-        )
         self.in_channels = in_channels
         self.max_size = max_size
         self.patch_size = patch
@@ -112,7 +105,7 @@ class PatchAdapter(InputAdapter):
             max_shape=self.max_grid,
             num_channels=width,
             num_bands=num_bands,
-            max_resolution=self.config["max_resolution"],
+            max_resolution=max_resolution,
         )
         self.concat_positions = positions == "fourier"
         self.num_channels = width + (self.positions.num_channels if self.concat_positions else 0)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from perceiver.adapters.base import OutputAdapter, QueryProvider
 from perceiver.adapters.checks import check_tensor
+from perceiver.config import capture_config
 from perceiver.positions import FourierPositionEncoding, as_shape
 
 
@@ -77,6 +78,7 @@ class ReconstructionQueries(QueryProvider):
         num_bands: Fourier bands per dimension.
         modality_channels: width of the learned modality embedding.
         num_channels: query width after a linear projection, or None for no projection.
+        init_scale: standard deviation of the modality embeddings' initialisation.
     """
 
     def __init__(
@@ -86,27 +88,21 @@ class ReconstructionQueries(QueryProvider):
         num_bands: int = 32,
         modality_channels: int = 32,
         num_channels: int | None = None,
-        init_std: float = 0.02,
+        init_scale: float = 0.02,
     ):
         super().__init__()
+        self.config = capture_config(locals())
         if not isinstance(output_shapes, dict) or not output_shapes:
             raise ValueError(
                 f"output_shapes: expected a non-empty dict {{modality: grid shape}}, got {output_shapes!r}"
             )
         shapes = {name: as_shape(shape, f"output_shapes[{name!r}]") for name, shape in output_shapes.items()}
-        self.config = dict(
-            output_shapes={name: list(shape) for name, shape in shapes.items()},
-            num_bands=num_bands,
-            modality_channels=modality_channels,
-            num_channels=num_channels,
-            init_std=init_std,
-        )
         self.output_shapes = shapes
         self.positions = nn.ModuleDict(
             {name: FourierPositionEncoding(max_shape=shape, num_bands=num_bands) for name, shape in shapes.items()}
         )
         self.fourier_channels = max(encoding.num_channels for encoding in self.positions.values())
-        self.modality_embedding = nn.Parameter(torch.randn(len(shapes), modality_channels) * init_std)
+        self.modality_embedding = nn.Parameter(torch.randn(len(shapes), modality_channels) * init_scale)
         width = self.fourier_channels + modality_channels
         self.projection = None if num_channels is None else nn.Linear(width, num_channels)
         self.num_channels = width if num_channels is None else num_channels
@@ -165,7 +161,7 @@ class ReconstructionOutput(OutputAdapter):
 
     def __init__(self, *, num_channels: int = 256, num_values: int = 768):
         super().__init__()
-        self.config = dict(num_channels=num_channels, num_values=num_values)
+        self.config = capture_config(locals())
         self.num_channels = num_channels
         self.linear = nn.Linear(num_channels, num_values)
 

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from perceiver.adapters.base import InputAdapter
 from perceiver.adapters.checks import check_tensor
+from perceiver.config import capture_config
 from perceiver.masks import check_pad_mask
 from perceiver.positions import build_position_encoding
 
@@ -33,6 +34,7 @@ class ByteAdapter(InputAdapter):
         embed_channels: width of the byte embedding.
         positions: ``"learned"`` (added) or ``"fourier"`` (concatenated).
         num_bands: Fourier bands (Fourier positions only).
+        init_scale: standard deviation of the byte embedding's initialisation.
     """
 
     def __init__(
@@ -42,14 +44,13 @@ class ByteAdapter(InputAdapter):
         embed_channels: int = 256,
         positions: str = "learned",
         num_bands: int = 64,
+        init_scale: float = 0.02,
     ):
         super().__init__()
-        self.config = dict(
-            max_length=max_length, embed_channels=embed_channels, positions=positions, num_bands=num_bands
-        )
+        self.config = capture_config(locals())
         self.max_length = max_length
         self.embedding = nn.Embedding(VOCAB_SIZE, embed_channels)
-        nn.init.normal_(self.embedding.weight, std=0.02)
+        nn.init.normal_(self.embedding.weight, std=init_scale)
         self.positions = build_position_encoding(
             positions, max_shape=(max_length,), num_channels=embed_channels, num_bands=num_bands
         )

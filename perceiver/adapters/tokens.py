@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from perceiver.adapters.base import OutputAdapter, QueryProvider
 from perceiver.adapters.checks import check_tensor
 from perceiver.adapters.text import VOCAB_SIZE
+from perceiver.config import capture_config
 from perceiver.masks import check_pad_mask
 from perceiver.positions import build_position_encoding
 
@@ -30,9 +31,9 @@ class TokenQueries(QueryProvider):
         self, *, max_length: int = 2048, num_channels: int | None = 256, positions: str = "learned", num_bands: int = 64
     ):
         super().__init__()
+        self.config = capture_config(locals())
         if positions == "learned" and num_channels is None:
             raise ValueError("num_channels: learned positions need an int, got None")
-        self.config = dict(max_length=max_length, num_channels=num_channels, positions=positions, num_bands=num_bands)
         self.max_length = max_length
         self.positions = build_position_encoding(
             positions, max_shape=(max_length,), num_channels=num_channels or 0, num_bands=num_bands
@@ -64,7 +65,7 @@ class TokenOutput(OutputAdapter):
 
     def __init__(self, *, num_channels: int = 256, vocab_size: int = VOCAB_SIZE, tied: bool = False):
         super().__init__()
-        self.config = dict(num_channels=num_channels, vocab_size=vocab_size, tied=tied)
+        self.config = capture_config(locals())
         self.num_channels = num_channels
         self.vocab_size = vocab_size
         self.tied = tied

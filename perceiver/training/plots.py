@@ -7,10 +7,9 @@ matplotlib is imported when a figure is drawn, so training never needs it otherw
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from torch import Tensor
 
-from perceiver.model import PerceiverIO
+from perceiver import PerceiverIO, record_attention
 
 
 def confusion_matrix(predictions: Tensor, labels: Tensor, *, num_classes: int) -> Tensor:
@@ -51,19 +50,12 @@ def confusion_matrix_figure(counts: Tensor, *, class_names: list[str] | None = N
 def cross_attention_weights(model: PerceiverIO, x, pad_mask: Tensor | None = None) -> Tensor:
     """Attention of the latents over the input tokens in the encoder's first cross-attend: (B, heads, N, M).
 
-    Recomputed from the layer's own projections (the fused kernels never materialise it); padded tokens get 0.
+    Recorded with ``perceiver.record_attention`` (the first attention the encoder calls); padded tokens get 0.
     """
     tokens, pad_mask = model.input_adapter(x, pad_mask)
-    layer = model.encoder.cross_attention_1
-    attention = layer.attention
-    latents = model.encoder.latents.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
-    heads = attention.num_heads
-    q = rearrange(attention.q_proj(layer.q_norm(latents)), "b n (h d) -> b h n d", h=heads)
-    k = rearrange(attention.k_proj(layer.kv_norm(tokens)), "b m (h d) -> b h m d", h=heads)
-    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
-    if pad_mask is not None:
-        scores = scores.masked_fill(pad_mask[:, None, None, :], float("-inf"))
-    return scores.softmax(dim=-1).nan_to_num(0.0)
+    with record_attention(model.encoder) as calls:
+        model.encoder(tokens, pad_mask)
+    return calls[0].weights
 
 
 def attention_map_figure(weights: Tensor, *, title: str = "latents × input tokens"):

@@ -1,11 +1,12 @@
 """Compile the kernels' autotune candidates for a GPU architecture, without a GPU, and report their resource use.
 
-    python -m perceiver.kernels.compile_check [--arch 90] [--dtype bf16] [--head-dim 64] [--kernel forward]
+    python -m benchmarks.compile_check [--arch 90] [--dtype bf16] [--head-dim 64] [--kernel forward]
 
 Prints a Markdown table, one row per (kernel, config): registers per thread, local memory per thread (register
 spills), shared memory, and whether the K/V loads are pipelined (``cp.async``) and the dots run on tensor cores
 (``wgmma`` on sm_90, ``mma`` before). This catches a kernel that does not compile for CUDA, or one that spills or
-loses its vectorised loads, on a machine without a GPU. It is no benchmark: time needs a GPU (``bench.py``).
+loses its vectorised loads, on a machine without a GPU. It is no benchmark: time needs a GPU
+(``python -m benchmarks.kernels``).
 
 Inputs are specialised as the runtime specialises contiguous tensors: unit head-dim strides, other strides and
 pointers divisible by 16. Needs ``TRITON_INTERPRET`` unset (the interpreter replaces the compiler) and CUDA's
@@ -26,8 +27,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import backward, forward
-from .runtime import INTERPRET, head_dim_block
+from perceiver.kernels import backward, forward
+from perceiver.kernels.runtime import INTERPRET, head_dim_block
 
 
 def kernels(dtype: str) -> dict[str, tuple]:

@@ -1,8 +1,8 @@
 """Train-step time and peak memory of our PerceiverIO beside Hugging Face's and lucidrains' Perceivers, in one run.
 
-    python experiments/bench_peers.py                 # configs a (CPU) and b (GPU; skipped without CUDA)
-    python experiments/bench_peers.py --config a --repeats 5 --warmup 2
-    python experiments/bench_peers.py --quick --out /tmp/bench   # tiny smoke run
+    python -m benchmarks.peers                            # configs a (CPU) and b (GPU; skipped without CUDA)
+    python -m benchmarks.peers --config a --repeats 5 --warmup 2
+    python -m benchmarks.peers --quick --out /tmp/bench   # tiny smoke run
 
 A step is: forward, cross-entropy on the class logits, backward, AdamW step, on random inputs and labels. Each
 implementation lives in its own subprocess (so that its peak memory is its own); they take turns step by step
@@ -432,7 +432,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default="", help="a line to print above the results (e.g. how the run was made)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="directory for the results")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
+                        help="directory for the results")
     parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     parser.add_argument("--worker-config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -476,8 +477,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     report["load_average_after"] = list(os.getloadavg())
     text = markdown(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_peers.md").write_text(text)
-    (args.out / "bench_peers.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "peers.md").write_text(text)
+    (args.out / "peers.json").write_text(json.dumps(report, indent=2) + "\n")
     print(text)
     return report
 

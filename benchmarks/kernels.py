@@ -1,7 +1,7 @@
 """Benchmark of the fused kernels against every available PyTorch SDPA backend and a naive matmul + softmax.
 
-    python -m perceiver.kernels.bench [--quick] [--out DIR]   # needs a CUDA GPU; prints Markdown, writes DIR/bench.json
-    python -m perceiver.kernels.bench --floors                # no GPU needed: the FLOP and byte floors per shape
+    python -m benchmarks.kernels [--quick] [--out DIR]   # needs a CUDA GPU; prints Markdown, writes DIR/kernel_times.json
+    python -m benchmarks.kernels --floors                # no GPU needed: the FLOP and byte floors per shape
 
 For each shape and pass (forward, forward + backward) and each method it reports the time (median of
 ``triton.testing.do_bench``), the TFLOP/s it implies, and the peak memory the call allocates beyond its inputs.
@@ -205,21 +205,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
     parser.add_argument("--floors", action="store_true", help="print the FLOP/byte floors per shape (no GPU needed)")
-    parser.add_argument("--out", type=Path, default=Path("kernels"), help="folder for bench.json and bench.md")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
+                        help="folder for kernel_times.json and kernel_times.md")
     args = parser.parse_args(argv)
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.floors:
         print(format_floors([floors(shape, pass_) for shape in shapes for pass_ in PASSES]))
         return 0
     if not torch.cuda.is_available():
-        print("perceiver.kernels.bench needs a CUDA GPU (torch.cuda.is_available() is False); "
+        print("benchmarks.kernels needs a CUDA GPU (torch.cuda.is_available() is False); "
               "use --floors for the floors without one", file=sys.stderr)
         return 2
     results = run(shapes)
     table = format_table(results)
     env = environment()
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "bench_quick" if args.quick else "bench"
+    name = "kernel_times_quick" if args.quick else "kernel_times"
     (args.out / f"{name}.json").write_text(json.dumps(report(results, env), indent=2))
     (args.out / f"{name}.md").write_text(f"Device: {env['device']}; {env}\n\n{table}\n")
     print(f"\nDevice: {env['device']}\n\n{table}")
