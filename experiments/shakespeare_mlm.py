@@ -2,10 +2,19 @@
 
 The shards (passages of whole lines, at most 1 KiB each, split by work) are built under ``--data`` when absent; the
 ``test`` split holds works never seen in training. Each sample is a window of ``--window`` bytes: a random window of
-its passage in training, every consecutive window of it in evaluation. Masking as in BERT: 15% of the real bytes are
-chosen; of those 80% become ``MASK_ID``, 10% a random byte and 10% stay as they are; the loss is the cross-entropy on
-the chosen bytes only. Per-byte queries (``TokenQueries``) read the latents and ``TokenOutput`` scores the 256 bytes
-with the input embedding's weights (tied).
+its passage in training, every consecutive window of it in evaluation. Masking as in BERT: ``--mask-rate`` (15%) of
+the real bytes are chosen, single bytes or runs of ``--span`` bytes; of those 80% become ``MASK_ID``, 10% a random
+byte and 10% stay as they are; the loss is the cross-entropy on the chosen bytes only.
+
+The decoder's queries (``TokenQueries``) are built for the chosen positions only (``--decode masked``; ``all``
+decodes every position and keeps the chosen ones, the same logits at more cost): each is the position plus a linear
+map of the input tokens at that position and ``--query-context`` positions on each side (the MASK token and its
+neighbours; ``-1``: the position alone), carried past the cross-attention by its residual. So the local context
+reaches the output directly and the latents carry what lies further away. ``TokenOutput`` scores the 256 bytes with
+the input embedding's weights (tied).
+
+Training is bounded by time: ``--max-minutes`` 28 of training steps on one CPU thread (the lr's cosine runs over
+them; ``--max-steps`` 20,000 is only a cap), after a warm-up of ``min(200, max_steps / 10)`` steps.
 
 Evaluation reports, on the held-out works' chosen bytes, the accuracy and the cross-entropy in bits per byte, and the
 same for a unigram baseline (byte frequencies of the training split) on the very same positions::
@@ -135,7 +144,8 @@ def byte_counts(shards, *, num_workers: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
-        max_steps=800, batch_size=64, lr=2e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
+        max_steps=20_000, max_minutes=28.0, batch_size=64, lr=2e-3, weight_decay=0.05, num_latents=32,
+        num_latent_channels=128,
         num_self_attention_heads=4, num_self_attention_layers=4, eval_every=0, checkpoint_every=500))
     add_data_args(parser, "shakespeare")
     parser.add_argument("--window", type=int, default=128, help="bytes per training and evaluation window")
@@ -155,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--decode", choices=("masked", "all"), default="masked",
                         help="decode the chosen positions only, or every position (the loss is the same)")
     args = parser.parse_args(argv)
+    if args.warmup_steps is None:  # a time-limited run rarely reaches --max-steps: warm up over 200 steps at most
+        args.warmup_steps = min(200, args.max_steps // 10)
     check_args(parser, args)
     if args.window < 1:
         parser.error(f"--window: expected a positive int, got {args.window}")
