@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
     parser.add_argument("--span", type=int, default=1,
                         help="bytes per masked span (1: single bytes); --mask-rate of the bytes are chosen either way")
-    parser.add_argument("--query-context", type=int, default=2,
+    parser.add_argument("--query-context", type=int, default=4,
                         help="input bytes on each side that a byte's query reads, besides its own; -1: the query is "
                              "its position only")
     parser.add_argument("--decode", choices=("masked", "all"), default="masked",
