@@ -161,7 +161,8 @@ def test_span_masking_keeps_the_mask_rate_and_never_masks_padding(span):
     assert abs(float(chosen[:, :300].float().mean()) - 0.15) < 0.005
     # Every position is chosen equally often, the first and last of the real bytes included.
     per_position = chosen[:, :300].float().mean(dim=0)
-    assert abs(float(per_position[:span].mean()) - 0.15) < 0.03 and abs(float(per_position[-span:].mean()) - 0.15) < 0.03
+    assert abs(float(per_position[:span].mean()) - 0.15) < 0.03
+    assert abs(float(per_position[-span:].mean()) - 0.15) < 0.03
     # Chosen bytes come in runs of at least ``span`` (merged when spans overlap), except where padding cuts one.
     runs = []
     for row in chosen[:, :300].tolist():

@@ -38,8 +38,8 @@ class TokenQueries(QueryProvider):
     """
 
     def __init__(
-        self, *, max_length: int = 2048, num_channels: int | None = 256, positions: str = "learned", num_bands: int = 64,
-        token_channels: int | None = None, context: int = 0,
+        self, *, max_length: int = 2048, num_channels: int | None = 256, positions: str = "learned",
+        num_bands: int = 64, token_channels: int | None = None, context: int = 0,
     ):
         super().__init__()
         if positions == "learned" and num_channels is None:
