@@ -2,10 +2,19 @@
 
 The shards (passages of whole lines, at most 1 KiB each, split by work) are built under ``--data`` when absent; the
 ``test`` split holds works never seen in training. Each sample is a window of ``--window`` bytes: a random window of
-its passage in training, every consecutive window of it in evaluation. Masking as in BERT: 15% of the real bytes are
-chosen; of those 80% become ``MASK_ID``, 10% a random byte and 10% stay as they are; the loss is the cross-entropy on
-the chosen bytes only. Per-byte queries (``TokenQueries``) read the latents and ``TokenOutput`` scores the 256 bytes
-with the input embedding's weights (tied).
+its passage in training, every consecutive window of it in evaluation. Masking as in BERT: ``--mask-rate`` (15%) of
+the real bytes are chosen, single bytes or runs of ``--span`` bytes; of those 80% become ``MASK_ID``, 10% a random
+byte and 10% stay as they are; the loss is the cross-entropy on the chosen bytes only.
+
+The decoder's queries (``TokenQueries``) are built for the chosen positions only (``--decode masked``; ``all``
+decodes every position and keeps the chosen ones, the same logits at more cost): each is the position plus a linear
+map of the input tokens at that position and ``--query-context`` positions on each side (the MASK token and its
+neighbours; ``-1``: the position alone), carried past the cross-attention by its residual. So the local context
+reaches the output directly and the latents carry what lies further away. ``TokenOutput`` scores the 256 bytes with
+the input embedding's weights (tied).
+
+Training is bounded by time: ``--max-minutes`` 28 of training steps on one CPU thread (the lr's cosine runs over
+them; ``--max-steps`` 20,000 is only a cap), after a warm-up of ``min(200, max_steps / 10)`` steps.
 
 Evaluation reports, on the held-out works' chosen bytes, the accuracy and the cross-entropy in bits per byte, and the
 same for a unigram baseline (byte frequencies of the training split) on the very same positions::
@@ -37,15 +46,19 @@ def build_model(args) -> PerceiverIO:
     adapter = ByteAdapter(max_length=args.window, embed_channels=args.embed_channels, positions=args.positions,
                           num_bands=args.num_bands)
     channels = args.num_latent_channels
+    read_tokens = args.query_context >= 0
     return PerceiverIO(
         input_adapter=adapter,
         encoder=build_encoder(args, adapter.num_channels, widening_factor=args.widening_factor, init_scale=args.init_scale),
         decoder=PerceiverDecoder(
             query_provider=TokenQueries(max_length=args.window, num_channels=args.embed_channels,
-                                        positions=args.positions, num_bands=args.num_bands),
+                                        positions=args.positions, num_bands=args.num_bands,
+                                        token_channels=adapter.num_channels if read_tokens else None,
+                                        context=max(0, args.query_context)),
             output_adapter=TokenOutput(num_channels=args.embed_channels, tied=True),  # tied by PerceiverIO
             num_latent_channels=channels,
             cross_attention_widening_factor=args.widening_factor,
+            query_residual=read_tokens,  # the query's own view of the input goes on to the output
             init_scale=args.init_scale,
         ),
     )
@@ -71,18 +84,48 @@ def consecutive_windows(ids: torch.Tensor, pad_mask: torch.Tensor, window: int) 
     return ids[keep], pad_mask[keep]
 
 
-def mask_bytes(ids: torch.Tensor, pad_mask: torch.Tensor, *, rate: float = 0.15,
+def choose_spans(pad_mask: torch.Tensor, *, rate: float, span: int = 1,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """The positions (B, L) chosen for the loss: runs of ``span`` consecutive real bytes, about ``rate`` of them.
+
+    Spans start independently at each position (also up to ``span - 1`` positions before the first byte, so that every
+    position is covered with the same probability) with the probability p that makes 1 - (1 - p)^span = ``rate``;
+    overlapping spans merge. Padding is never chosen. ``span=1`` chooses single bytes, each with probability ``rate``.
+    """
+    batch_size, length = pad_mask.shape
+    start_rate = 1.0 - (1.0 - rate) ** (1.0 / span)
+    starts = torch.rand(batch_size, length + span - 1, generator=generator) < start_rate
+    if span == 1:
+        chosen = starts
+    else:  # position l is chosen when a span starts at any of l - span + 1 .. l (start index l .. l + span - 1 here)
+        chosen = starts.unfold(1, span, 1).any(dim=2)
+    return chosen & ~pad_mask
+
+
+def mask_bytes(ids: torch.Tensor, pad_mask: torch.Tensor, *, rate: float = 0.15, span: int = 1,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT's corruption: ``rate`` of the real bytes are chosen; of those 80% → MASK_ID, 10% → a random byte, 10% kept.
+    """BERT's corruption: ``rate`` of the real bytes are chosen (in spans of ``span``, see ``choose_spans``); of
+    those 80% → MASK_ID, 10% → a random byte, 10% kept.
 
     Returns the corrupted ids and the boolean (B, L) map of chosen positions (where the loss is taken).
     """
-    chosen = (torch.rand(ids.shape, generator=generator) < rate) & ~pad_mask
+    chosen = choose_spans(pad_mask, rate=rate, span=span, generator=generator)
     kind = torch.rand(ids.shape, generator=generator)
     random_bytes = torch.randint(0, NUM_BYTES, ids.shape, generator=generator)
     corrupted = torch.where(chosen & (kind < 0.8), MASK_ID, ids)
     corrupted = torch.where(chosen & (kind >= 0.8) & (kind < 0.9), random_bytes, corrupted)
     return corrupted, chosen
+
+
+def chosen_index(chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen positions of each row of ``chosen`` (B, L), in order, as an index (B, K) padded after with
+    position 0, and its filler mask (B, K) (True = filler); K is the largest count of a row (at least 1)."""
+    counts = chosen.sum(dim=1)
+    width = max(1, int(counts.max())) if chosen.numel() else 1
+    # A stable sort puts the chosen positions first, each row's in their original order.
+    index = torch.sort(chosen.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]
+    filler = torch.arange(width)[None, :] >= counts[:, None]
+    return index.masked_fill(filler, 0), filler
 
 
 def byte_counts(shards, *, num_workers: int) -> torch.Tensor:
@@ -95,7 +138,8 @@ def byte_counts(shards, *, num_workers: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
-        max_steps=800, batch_size=64, lr=2e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
+        max_steps=20_000, max_minutes=28.0, batch_size=64, lr=2e-3, weight_decay=0.05, num_latents=32,
+        num_latent_channels=128,
         num_self_attention_heads=4, num_self_attention_layers=4, eval_every=0, checkpoint_every=500))
     add_data_args(parser, "shakespeare")
     parser.add_argument("--window", type=int, default=128, help="bytes per training and evaluation window")
@@ -107,12 +151,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--mask-rate", type=float, default=0.15, help="fraction of real bytes chosen for the loss")
     parser.add_argument("--embed-channels", type=int, default=128, help="width of the byte embedding and queries")
     parser.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
+    parser.add_argument("--span", type=int, default=1,
+                        help="bytes per masked span (1: single bytes); --mask-rate of the bytes are chosen either way")
+    parser.add_argument("--query-context", type=int, default=4,
+                        help="input bytes on each side that a byte's query reads, besides its own; -1: the query is "
+                             "its position only")
+    parser.add_argument("--decode", choices=("masked", "all"), default="masked",
+                        help="decode the chosen positions only, or every position (the loss is the same)")
     args = parser.parse_args(argv)
+    if args.warmup_steps is None:  # a time-limited run rarely reaches --max-steps: warm up over 200 steps at most
+        args.warmup_steps = min(200, args.max_steps // 10)
     check_args(parser, args)
     if args.window < 1:
         parser.error(f"--window: expected a positive int, got {args.window}")
     if not 0 < args.mask_rate < 1:
         parser.error(f"--mask-rate: expected a fraction in (0, 1), got {args.mask_rate}")
+    if not 1 <= args.span <= args.window:
+        parser.error(f"--span: expected an int in [1, --window={args.window}], got {args.span}")
+    if args.query_context < -1:
+        parser.error(f"--query-context: expected an int >= -1, got {args.query_context}")
 
     run = start_run(args, name=NAME)
     shards = ensure_shards(DATASET, args.data, ("train", "test"), limit=args.limit, seed=args.seed)
@@ -124,10 +181,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     def masked_logits(model: nn.Module, ids: torch.Tensor, pad_mask: torch.Tensor, generator=None):
         """Byte logits (K, 256) at the K chosen positions of the corrupted windows, and the original bytes (K,)."""
-        corrupted, chosen = mask_bytes(ids, pad_mask, rate=args.mask_rate, generator=generator)
-        logits = model(corrupted.to(device), pad_mask.to(device))
-        chosen = chosen.to(device)
-        return logits[chosen][:, :NUM_BYTES].float(), ids.to(device)[chosen]
+        corrupted, chosen = mask_bytes(ids, pad_mask, rate=args.mask_rate, span=args.span, generator=generator)
+        if args.decode == "all":
+            logits = model(corrupted.to(device), pad_mask.to(device))
+            chosen = chosen.to(device)
+            return logits[chosen][:, :NUM_BYTES].float(), ids.to(device)[chosen]
+        index, filler = chosen_index(chosen)
+        logits = model(corrupted.to(device), pad_mask.to(device), index=index.to(device),
+                       index_pad_mask=filler.to(device))
+        real = ~filler.to(device)
+        return logits[real][:, :NUM_BYTES].float(), ids.gather(1, index).to(device)[real]
 
     def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         ids, pad_mask = random_windows(batch["text"].cpu(), batch["text_pad_mask"].cpu(), args.window)

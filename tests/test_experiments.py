@@ -94,8 +94,9 @@ def test_spoken_digits_rejects_bad_augmentation_flags(tmp_path):
             spoken_digits.main(["--out", str(tmp_path), *flags])
 
 
-def test_shakespeare_mlm_tiny_run_reports_model_and_unigram_scores(tmp_path, data):
-    metrics, _ = run_experiment(shakespeare_mlm, tmp_path / "run", data, "--limit", "24", "--window", "64")
+@pytest.mark.parametrize("options", [[], ["--span", "3", "--query-context", "-1", "--decode", "all"]])
+def test_shakespeare_mlm_tiny_run_reports_model_and_unigram_scores(tmp_path, data, options):
+    metrics, _ = run_experiment(shakespeare_mlm, tmp_path / "run", data, "--limit", "24", "--window", "64", *options)
     assert metrics["test_masked_bytes"] > 0
     assert 0.0 <= metrics["test_masked_accuracy"] <= 1.0 and 0.0 <= metrics["unigram_masked_accuracy"] <= 1.0
     # A near-uniform untrained model costs about log2(256) = 8 bits; the unigram baseline far less.
@@ -148,3 +149,65 @@ def test_mask_bytes_follows_bert_proportions_and_never_touches_padding():
     assert abs(float(masked) - 0.8) < 0.01
     assert abs(float(kept) - (0.1 + 0.1 / 256)) < 0.01
     assert int(corrupted[chosen].max()) <= MASK_ID and (corrupted[chosen] != PAD_ID).all()
+
+
+@pytest.mark.parametrize("span", [1, 3, 8])
+def test_span_masking_keeps_the_mask_rate_and_never_masks_padding(span):
+    generator = torch.Generator().manual_seed(0)
+    pad_mask = torch.zeros(256, 400, dtype=torch.bool)
+    pad_mask[:, 300:] = True
+    chosen = shakespeare_mlm.choose_spans(pad_mask, rate=0.15, span=span, generator=generator)
+    assert not (chosen & pad_mask).any()
+    assert abs(float(chosen[:, :300].float().mean()) - 0.15) < 0.005
+    # Every position is chosen equally often, the first and last of the real bytes included.
+    per_position = chosen[:, :300].float().mean(dim=0)
+    assert abs(float(per_position[:span].mean()) - 0.15) < 0.03
+    assert abs(float(per_position[-span:].mean()) - 0.15) < 0.03
+    # Chosen bytes come in runs of at least ``span`` (merged when spans overlap), except where padding cuts one.
+    runs = []
+    for row in chosen[:, :300].tolist():
+        length = 0
+        for position, value in enumerate(row + [False]):
+            if value:
+                length += 1
+            elif length:
+                if position - length > 0 and position < 300:  # a run that neither the start nor the end cuts
+                    runs.append(length)
+                length = 0
+    assert min(runs) >= span
+
+
+def test_mask_bytes_with_spans_corrupts_the_chosen_bytes_only():
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 256, (256, 200), generator=generator)
+    pad_mask = torch.zeros_like(ids, dtype=torch.bool)
+    pad_mask[:, 150:] = True
+    corrupted, chosen = shakespeare_mlm.mask_bytes(ids, pad_mask, rate=0.3, span=4, generator=generator)
+    assert not (chosen & pad_mask).any() and abs(float(chosen[:, :150].float().mean()) - 0.3) < 0.02
+    assert torch.equal(corrupted[~chosen], ids[~chosen])
+
+
+def test_chosen_index_lists_each_rows_chosen_positions():
+    chosen = torch.tensor([[False, True, False, True], [False, False, False, False], [True, True, True, False]])
+    index, filler = shakespeare_mlm.chosen_index(chosen)
+    assert index.tolist() == [[1, 3, 0], [0, 0, 0], [0, 1, 2]]
+    assert filler.tolist() == [[False, False, True], [True, True, True], [False, False, False]]
+
+
+def test_only_the_masked_positions_are_decoded_with_the_same_logits():
+    namespace = argparse.Namespace(window=32, embed_channels=16, positions="learned", num_bands=4, num_latents=4,
+                                   num_latent_channels=16, num_cross_attention_heads=1, num_self_attention_heads=2,
+                                   num_self_attention_layers=1, num_self_attention_blocks=1, dropout=0.0,
+                                   widening_factor=2, init_scale=None, query_context=2)
+    model = shakespeare_mlm.build_model(namespace).eval()
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 256, (3, 32), generator=generator)
+    pad_mask = torch.zeros_like(ids, dtype=torch.bool)
+    pad_mask[2, 20:] = True
+    corrupted, chosen = shakespeare_mlm.mask_bytes(ids, pad_mask, rate=0.2, span=2, generator=generator)
+    index, filler = shakespeare_mlm.chosen_index(chosen)
+    with torch.no_grad():
+        every = model(corrupted, pad_mask)
+        some = model(corrupted, pad_mask, index=index, index_pad_mask=filler)
+    assert some.shape[:2] == index.shape and index.shape[1] < 32
+    torch.testing.assert_close(some[~filler], every[chosen])

@@ -175,6 +175,47 @@ def test_token_queries_follow_the_input_length_and_mask():
         queries(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.bool))
 
 
+def test_token_queries_decode_only_the_indexed_positions():
+    torch.manual_seed(0)
+    queries = TokenQueries(max_length=16, num_channels=8, token_channels=5, context=2)
+    tokens = torch.randn(2, 6, 5)
+    pad_mask = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    every, every_mask = queries(tokens, pad_mask)
+    index = torch.tensor([[1, 3, 0], [5, 0, 0]])
+    filler = torch.tensor([[False, False, True], [False, False, True]])
+    some, some_mask = queries(tokens, pad_mask, index=index, index_pad_mask=filler)
+    assert some.shape == (2, 3, 8) and every_mask is pad_mask
+    torch.testing.assert_close(some, every[torch.arange(2)[:, None], index])
+    # Filler entries and indexed padding are masked.
+    assert some_mask.tolist() == [[False, False, True], [True, False, True]]
+    with pytest.raises(ValueError, match=r"index: expected positions in \[0, 6\), got values in \[0, 6\]"):
+        queries(tokens, pad_mask, index=torch.tensor([[6], [0]]))
+    with pytest.raises(ValueError, match="index_pad_mask: expected None without an index"):
+        queries(tokens, pad_mask, index_pad_mask=filler)
+
+
+def test_token_queries_read_the_neighbouring_tokens_only():
+    torch.manual_seed(0)
+    queries = TokenQueries(max_length=16, num_channels=8, token_channels=5, context=1)
+    tokens = torch.randn(1, 6, 5)
+    base, _ = queries(tokens)
+    changed = tokens.clone()
+    changed[0, 3] += 1.0
+    moved = queries(changed)[0] - base
+    assert moved[0, 2:5].abs().amax(dim=1).min() > 0  # positions 2, 3 and 4 read token 3
+    assert moved[0, [0, 1, 5]].abs().max() == 0
+    # Beyond the input and at padding a query reads zeros, so padding never changes a real query.
+    padded = torch.cat([tokens, torch.randn(1, 3, 5)], dim=1)
+    pad_mask = torch.tensor([[False] * 6 + [True] * 3])
+    torch.testing.assert_close(queries(padded, pad_mask)[0][:, :6], base)
+    positions_only = TokenQueries(max_length=16, num_channels=8)
+    assert positions_only.token_projection is None
+    with pytest.raises(ValueError, match="token_channels: expected None, or a positive int with an int num_channels"):
+        TokenQueries(max_length=16, num_channels=None, positions="fourier", token_channels=5)
+    with pytest.raises(ValueError, match="context: expected a non-negative int, got -1"):
+        TokenQueries(max_length=16, num_channels=8, token_channels=5, context=-1)
+
+
 def test_tied_token_output_uses_the_byte_embedding():
     adapter = ByteAdapter(max_length=8, embed_channels=6).double()
     output = TokenOutput(num_channels=6, tied=True).double()
@@ -288,6 +329,7 @@ def round_trip_cases():
         ClassificationQuery(num_channels=E),
         ClassificationOutput(num_channels=E, num_classes=3),
         TokenQueries(max_length=16, num_channels=E),
+        TokenQueries(max_length=16, num_channels=E, token_channels=7, context=2),
         TokenOutput(num_channels=E, vocab_size=11),
         tied,
         ReconstructionQueries(output_shapes={"a": [3, 2], "b": [4]}, num_bands=2, num_channels=E),
