@@ -151,7 +151,8 @@ def test_training_stops_when_its_time_budget_is_spent(tmp_path):
     result = train(tiny_model(), config=quiet_config(max_steps=1000, max_seconds=0.3, warmup_steps=1, min_lr_ratio=0.1),
                    make_batches=epoch_batches(batches_per_epoch=5), loss_fn=slow_loss,
                    evaluate=lambda model: evaluations.append(1) or {"x": 1.0}, out_dir=tmp_path)
-    assert 3 <= result.step <= 8  # 0.3 s of 0.05 s steps (plus the steps' own work)
+    # 0.3 s of 0.05 s steps: at most 6 of them, fewer when a loaded machine makes each step slower (but at least one)
+    assert 1 <= result.step <= 8
     assert evaluations == [1] and (tmp_path / LATEST).is_file()  # the budget's last step is the run's last
     checkpoint = load_checkpoint(tmp_path / LATEST)
     assert checkpoint["scheduler"]["lr_lambdas"][0]["elapsed_seconds"] >= 0.3
@@ -514,11 +515,12 @@ def test_tracker_writes_figures_in_every_mode_but_only_on_the_main_rank(tmp_path
     main = Tracker(out_dir=tmp_path / "main", config={}, mode="disabled")
     other = Tracker(out_dir=tmp_path / "other", config={}, mode="disabled", enabled=False)
     assert main.saves_figures and not other.saves_figures
-    for tracker in (main, other):
-        tracker.log({"eval/both/confusion matrix": plt.figure(), "eval/loss": 1.0}, step=3)
+    figures = [plt.figure(), plt.figure()]
+    for tracker, figure in zip((main, other), figures):
+        tracker.log({"eval/both/confusion matrix": figure, "eval/loss": 1.0}, step=3)
     assert [p.name for p in (tmp_path / "main" / "figures").iterdir()] == ["eval_both_confusion_matrix.png"]
     assert not (tmp_path / "other").exists()
-    assert not plt.get_fignums()  # logged figures are closed
+    assert not any(plt.fignum_exists(figure.number) for figure in figures)  # logged figures are closed
 
 
 def test_wandb_settings_follow_its_environment_when_the_flags_are_absent(monkeypatch, capsys):
