@@ -48,6 +48,8 @@ def test_fashion_mnist_tiny_run(tmp_path, data):
     metrics, _ = run_experiment(fashion_mnist, tmp_path / "run", data, "--limit", "40", "--patch-size", "7",
                                 "--num-bands", "2")
     assert metrics["test_samples"] == 40 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    mirrored_hits = metrics["test_accuracy_with_mirror"] * 40  # a whole number of the 40 test images
+    assert 0.0 <= mirrored_hits <= 40 and abs(mirrored_hits - round(mirrored_hits)) < 1e-6
 
 
 def test_spoken_digits_tiny_run_reports_held_out_voices_engine_and_real_speech(tmp_path, data):
