@@ -1,7 +1,8 @@
 """Accuracy against training wall-clock on Fashion-MNIST: our Perceiver IO beside Hugging Face's and lucidrains'
 Perceivers and a small CNN, every model under the same recipe and the same time budget.
 
-    python -m benchmarks.learning --minutes 10           # the full comparison (the committed results used --minutes 3)
+    python -m benchmarks.learning --minutes 10           # the full comparison (committed: --minutes 3 for all,
+                                                         # --minutes 10 for ours and the CNN in results/learning-10min)
     python -m benchmarks.learning --quick --out /tmp/l   # a smoke run of every model (CI)
 
 The same for every model: the Fashion-MNIST shards of ``perceiver.data`` (60,000 training images, the 10,000 test
