@@ -96,7 +96,7 @@ def add_arguments(parser) -> None:
     model.add_argument("--n-mels", type=int, default=32, help="mel bins")
     model.add_argument("--f-max", type=float, default=4000.0, help="highest filterbank frequency in Hz")
     model.add_argument("--max-duration", type=float, default=1.2, help="longer speech is cut, in seconds")
-    model.add_argument("--speech-margin", type=float, default=0.02,
+    model.add_argument("--speech-margin", type=float, default=0.1,
                        help="seconds kept before and after the speech that the cut to speech finds")
     model.add_argument("--patch-frames", type=int, default=4, help="frames (10 ms each) per patch")
     model.add_argument("--patch-mels", type=int, default=8, help="mel bins per patch (divides --n-mels)")

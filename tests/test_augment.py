@@ -165,9 +165,13 @@ def test_crop_to_speech_finds_the_word_at_any_level_and_silence():
     out, out_mask = crop_to_speech(audio, mask, max_samples=16000)
     assert_padding_kept(out, out_mask)
     lengths = (~out_mask).sum(dim=1).tolist()
-    # The word's frames (160 samples each) and 2 frames of margin on each side, within the clip.
-    assert lengths == [4800, 4000, 4800]
-    torch.testing.assert_close(out[0, 400:4400], audio[0, 30000:34000])
+    # The word's 26 frames (160 samples each, the word starting mid-frame) and 10 frames of margin on each side,
+    # within the clip.
+    assert lengths == [26 * 160 + 2 * 1600, 4000, 26 * 160 + 2 * 1600]
+    torch.testing.assert_close(out[0, 1680:5680], audio[0, 30000:34000])
+    narrow, narrow_mask = crop_to_speech(audio, mask, max_samples=16000, margin=2)
+    assert (~narrow_mask).sum(dim=1).tolist() == [26 * 160 + 2 * 320, 4000, 26 * 160 + 2 * 320]
+    torch.testing.assert_close(narrow[0, 400:4400], audio[0, 30000:34000])
     torch.testing.assert_close(out[1, :4000], audio[1, :4000])
     longer, longer_mask = crop_to_speech(audio, mask, max_samples=1000)  # the loudest 1,000 samples
     assert (~longer_mask).sum(dim=1).tolist() == [1000, 1000, 1000]
