@@ -3,10 +3,10 @@
 PyTorch's CPU kernels split each operation over their OpenMP threads and wait for the slowest. When more threads are
 runnable than there are cores (another job on the machine), every step waits for threads that are not running: on
 a 2-core machine shared with one other job, one thread trained 2.3 times faster than two. ``choose_threads`` takes
-the cores this process may run on (``os.sched_getaffinity``) minus the cores that other processes keep busy now,
-measured over a fraction of a second from ``/proc/stat`` (``busy_cores``), at least one; where ``/proc/stat`` is
-unavailable, minus the one-minute load average (``os.getloadavg``). An explicit choice (``--threads``, or
-``OMP_NUM_THREADS`` in the environment) wins.
+the machine's cores minus those that other processes keep busy now, measured over a fraction of a second from
+``/proc/stat`` (``busy_cores``; where that is unavailable, the one-minute load average, ``os.getloadavg``), at most
+the cores this process may run on (``os.sched_getaffinity``) and at least one. An explicit choice (``--threads``,
+or ``OMP_NUM_THREADS`` in the environment) wins.
 
 Why not the load average alone: it lags by about a minute, so a run started just after another job ended (the
 ``pip install`` before a README command, a test suite) saw a loaded machine and took one thread of an idle two.
