@@ -92,6 +92,8 @@ def build_parser(description: str, *, name: str, defaults: dict[str, Any] | None
     optimization.add_argument("--warmup-steps", type=int, default=None, help="default: a tenth of --max-steps")
     optimization.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr (cosine decay)")
     optimization.add_argument("--grad-clip", type=float, default=1.0, help="max global gradient norm; 0 = off")
+    optimization.add_argument("--ema-decay", type=float, default=0.0,
+                              help="evaluate and save a moving average of the weights with this decay; 0 = off")
     optimization.add_argument("--log-every", type=int, default=10)
     optimization.add_argument("--eval-every", type=int, default=0, help="0 = at the end only")
     optimization.add_argument("--checkpoint-every", type=int, default=0, help="0 = at the end only")
@@ -173,6 +175,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--lr: expected a positive float, got {args.lr}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         parser.error(f"--max-minutes: expected a positive number, got {args.max_minutes}")
+    if not 0 <= args.ema_decay < 1:
+        parser.error(f"--ema-decay: expected a float in [0, 1) (0 = off), got {args.ema_decay}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads: expected a positive int, got {args.threads}")
     if args.wandb is None:  # recorded in the run's config as the mode actually used
@@ -196,7 +200,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio, grad_clip=args.grad_clip or None,
         precision=args.precision, compile=args.compile, log_every=args.log_every, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.no_progress,
-        max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes,
+        max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes, ema_decay=args.ema_decay,
     )
 
 

@@ -1,4 +1,5 @@
-"""A small training loop for the experiments: schedules, AMP, atomic checkpoints, DDP, wandb logging.
+"""A small training loop for the experiments: schedules, AMP, a moving average of the weights, atomic checkpoints, DDP,
+wandb logging.
 
 ``train(model, config=TrainConfig(...), make_batches=..., loss_fn=..., evaluate=..., out_dir=...)`` is the whole
 interface; ``perceiver/training/loop.py`` reads top to bottom.
@@ -13,6 +14,7 @@ from perceiver.training.checkpoint import (
     set_rng_state,
 )
 from perceiver.training.distributed import DistributedContext, cleanup_distributed, setup_distributed
+from perceiver.training.ema import ema_model
 from perceiver.training.loop import BatchStream, TrainConfig, TrainResult, clip_gradients, train
 from perceiver.training.optim import Lamb, build_optimizer
 from perceiver.training.schedule import WarmupCosine, warmup_cosine_scheduler
@@ -34,6 +36,7 @@ __all__ = [
     "clip_gradients",
     "default_wandb_mode",
     "default_wandb_project",
+    "ema_model",
     "load_checkpoint",
     "rng_state",
     "save_checkpoint",

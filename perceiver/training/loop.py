@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from perceiver.training import distributed
 from perceiver.training.checkpoint import LATEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from perceiver.training.ema import ema_model
 from perceiver.training.optim import build_optimizer
 from perceiver.training.schedule import warmup_cosine_scheduler
 from perceiver.training.tracking import Tracker
@@ -48,7 +49,10 @@ class TrainConfig:
     autocast on a GPU that supports it (fp16 with loss scaling on older ones) and fp32 on CPU. ``max_seconds``: a
     training-time budget; the run stops after the first step that reaches it (or at ``max_steps``, whichever comes
     first) and the cosine decays over the budget instead of the steps. The time counted is the steps' (data,
-    forward, backward, update), not evaluations or checkpoints.
+    forward, backward, update), not evaluations or checkpoints. ``ema_decay`` > 0 keeps an exponential moving average
+    of the weights (``perceiver.training.ema``), which is what evaluations score and what the model holds when
+    ``train`` returns; the checkpoints keep both, the trained weights under ``"model"`` and the average under
+    ``"ema"``.
     """
 
     max_steps: int
@@ -68,6 +72,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     max_seconds: float | None = None
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         if self.max_steps < 1:
@@ -79,6 +84,8 @@ class TrainConfig:
         for name in ("log_every", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay: expected a float in [0, 1) (0 = no average), got {self.ema_decay}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip: expected a positive float or None, got {self.grad_clip}")
 
@@ -219,6 +226,8 @@ def train(
     schedule = scheduler.lr_lambdas[0]
     amp_dtype = autocast_dtype(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    ema = ema_model(model, config.ema_decay) if config.ema_decay else None
+    evaluated = ema.module if ema is not None else model
 
     # Resume: weights, optimizer, schedule and loss scale now; the RNG states only after the data stream has been
     # fast-forwarded, so that whatever the replay draws cannot shift them.
@@ -231,6 +240,11 @@ def train(
         scheduler.load_state_dict(checkpoint["scheduler"])
         if checkpoint["scaler"]:  # empty when saved without fp16 loss scaling
             scaler.load_state_dict(checkpoint["scaler"])
+        if ema is not None:
+            if "ema" not in checkpoint:
+                raise ValueError(f"checkpoint {checkpoint_path}: saved without a weight average; resume it with "
+                                 f"ema_decay 0 (it was given {config.ema_decay})")
+            ema.load_state_dict(checkpoint["ema"])
         step, position, corrupt_total = checkpoint["step"], checkpoint["data_position"], checkpoint["corrupt_samples"]
         saved_rng = checkpoint["rng"]
         if is_main:
@@ -264,15 +278,16 @@ def train(
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                 "data_position": batches.position(), "corrupt_samples": corrupt_total, "rng": states,
                 "config": dataclasses.asdict(config), "run_config": plain_config, "wandb_run_id": tracker.run_id,
+                **({"ema": ema.state_dict()} if ema is not None else {}),
             })
 
     def run_evaluation() -> dict[str, Any]:
         if evaluate is None:
             return {}
-        model.eval()
+        evaluated.eval()
         with torch.no_grad(), autocast(device, amp_dtype):
-            values = evaluate(model)
-        model.train()
+            values = evaluate(evaluated)
+        evaluated.train()
         numbers = reduce_numbers(values, device)
         extras = {k: v for k, v in values.items() if k not in numbers}
         if is_main:  # tqdm.write: on a line of its own, above the progress bar
@@ -304,6 +319,8 @@ def train(
         grad_norm = clip_gradients(model.parameters(), config.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.update_parameters(model)
         lr = scheduler.get_last_lr()[0]
         if config.max_seconds is not None:
             # The schedule's clock (restored with it on resume); averaged over ranks so that all stop together.
@@ -349,6 +366,8 @@ def train(
     if not result.eval_metrics and evaluate is not None and finished and not result.losses:
         result.eval_metrics = run_evaluation()  # resumed a finished run: report its evaluation again
 
+    if ema is not None:  # the caller saves and uses what was evaluated
+        model.load_state_dict(ema.module.state_dict())
     result.step = step
     result.train_seconds = time.perf_counter() - started
     result.corrupt_samples = corrupt_total
