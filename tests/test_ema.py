@@ -88,8 +88,8 @@ def test_resume_continues_the_average_bitwise(tmp_path):
 
 
 def test_resuming_a_run_without_an_average_with_one_is_refused(tmp_path):
-    train(tiny_model(), config=quiet_config(max_steps=2), out_dir=tmp_path, make_batches=epoch_batches(batches_per_epoch=5),
-          loss_fn=classification_loss)
+    train(tiny_model(), config=quiet_config(max_steps=2), out_dir=tmp_path,
+          make_batches=epoch_batches(batches_per_epoch=5), loss_fn=classification_loss)
     with pytest.raises(ValueError, match="saved without a weight average; resume it with ema_decay 0"):
         train(tiny_model(), config=quiet_config(max_steps=4, ema_decay=0.8, resume=True), out_dir=tmp_path,
               make_batches=epoch_batches(batches_per_epoch=5), loss_fn=classification_loss)
