@@ -14,8 +14,7 @@ of telephone audio) and is standardised per utterance, so the level does not mat
 of waveforms with a random playback speed, level and spectral tilt, a synthetic room, a leading silence, white, pink
 or brown noise and a telephone line; ``--warp``, ``--time-masks`` and ``--freq-masks`` add a vocal tract length warp
 and SpecAugment masks to the spectrogram (``LogMelSpectrogram``'s options, active in training mode only; off by
-default, as they slowed learning in a measured probe). What is evaluated and saved is a moving average of the
-weights (``--ema-decay 0.998``; 0 scores the last weights). ``--input`` picks the adapter: two 1-D
+default, as they slowed learning in a measured probe). ``--input`` picks the adapter: two 1-D
 convolutions over time with the mel bins as channels, one token per 4 frames (``conv``, ``SpectrogramConvAdapter``,
 the default: ahead of the others in a side-by-side probe), one linear token per 4 full-band frames
 (``time-frames``), or time × frequency tiles (``patches``)::
@@ -151,11 +150,7 @@ def check_arguments(parser, args) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
         max_steps=3000, batch_size=64, lr=2e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
-        num_self_attention_heads=4, num_self_attention_layers=4, eval_every=1000, checkpoint_every=500,
-        # Evaluated and saved: a moving average of the weights over about the last 500 steps. Measured on one run's
-        # own trajectory (docs/exps.md): held-out voices 99.0% against 98.8% for its last weights, held-out engine
-        # 92.2% against 90.7%.
-        ema_decay=0.998))
+        num_self_attention_heads=4, num_self_attention_layers=4, eval_every=1000, checkpoint_every=500))
     add_arguments(parser)
     args = parser.parse_args(argv)
     check_arguments(parser, args)
