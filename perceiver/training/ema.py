@@ -1,7 +1,9 @@
 """An exponential moving average of a model's weights, evaluated in its place.
 
 The weights at the end of a run carry the noise of its last few hundred updates; their running average does not, and
-usually scores a little better for the same training (the "Polyak average"; timm's ``ModelEma``). This is PyTorch's
+often scores a little better for the same training (the "Polyak average"; timm's ``ModelEma``), though not in this
+project's measured runs (docs/exps.md: no gain on Fashion-MNIST or, over two paired runs, on spoken digits), so
+every experiment has it off by default (``--ema-decay``). This is PyTorch's
 ``torch.optim.swa_utils.AveragedModel`` with one change: the decay ramps up as ``(1 + n) / (10 + n)`` after ``n``
 updates until it reaches ``decay``, so that a short run is not averaged with its random initialisation (with a fixed
 0.999, the initial weights would still weigh 0.999^300 = 74% after 300 steps).
