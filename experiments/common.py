@@ -381,6 +381,8 @@ def add_image_model_args(parser: argparse.ArgumentParser) -> None:
                         help="fixed std of the encoder's and decoder's initial weights (default: the package's "
                              "fan-in scaled initialisation)")
     parser.add_argument("--max-shift", type=int, default=2, help="augmentation: largest random shift in pixels")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                        help="augmentation: mirror half of the training images left to right")
 
 
 def check_image_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -398,9 +400,10 @@ def normalize_fashion(images: torch.Tensor) -> torch.Tensor:
     return (images - FASHION_MEAN) / FASHION_STD
 
 
-def shift_and_flip_images(images: torch.Tensor, max_shift: int) -> torch.Tensor:
-    """The training augmentation of the image experiments; ``max_shift`` 0 leaves the images as they are."""
-    return shift_and_flip(images, max_shift=max_shift) if max_shift else images
+def shift_and_flip_images(images: torch.Tensor, max_shift: int, flip: bool) -> torch.Tensor:
+    """The training augmentation of the image experiments; ``max_shift`` 0 without ``flip`` leaves the images as
+    they are."""
+    return shift_and_flip(images, max_shift=max_shift, flip=flip) if max_shift or flip else images
 
 
 # Audio-visual digits (av_fusion, av_recovery, resampler_digits) -----------------------------------------------------

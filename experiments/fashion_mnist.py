@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = run.context.device
 
     def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        images = normalize_fashion(shift_and_flip_images(batch["image"], args.max_shift))
+        images = normalize_fashion(shift_and_flip_images(batch["image"], args.max_shift, args.flip))
         logits = model(images.to(device)).float()
         labels = batch["label"].to(device)
         loss = nn.functional.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     num_patches = model.decoder.query_provider.num_points("image")
 
     def loss_fn(model: nn.Module, batch: dict) -> tuple[Tensor, dict]:
-        images = shift_and_flip_images(batch["image"], args.max_shift)
+        images = shift_and_flip_images(batch["image"], args.max_shift, args.flip)
         hidden_index = sample_output_index(num_patches, hidden_count, batch_size=len(images), device=device)
         images = normalize_fashion(images).to(device)
         predicted = predict_hidden(model, images, hidden_index).float()

@@ -12,7 +12,8 @@ import torch
 from perceiver import build_module, module_spec
 from perceiver.adapters import LogMelSpectrogram, SpectrogramAdapter, SpectrogramConvAdapter
 from perceiver.augment import (add_noise, add_white_noise, change_speed, crop, crop_to_speech, delay, gain_and_tilt,
-                               occlude_and_add_noise, reverberate, room_impulse_responses, telephone_band)
+                               occlude_and_add_noise, reverberate, room_impulse_responses, shift_and_flip,
+                               telephone_band)
 from perceiver.masks import pad_mask_from_lengths
 
 RATE = 16000
@@ -285,6 +286,33 @@ def test_bad_augmentation_options_name_the_argument():
         LogMelSpectrogram(**FRONT, time_masks=-1)
     with pytest.raises(ValueError, match="freq_mask_bins"):
         LogMelSpectrogram(**FRONT, freq_mask_bins=40)
+
+
+def image_variants(image: torch.Tensor, max_shift: int, flip: bool) -> list[torch.Tensor]:
+    """Every image ``shift_and_flip`` may make of ``image`` (C, H, W): each shift of a zero-padded copy, mirrored
+    or not."""
+    height, width = image.shape[-2:]
+    padded = torch.nn.functional.pad(image, (max_shift,) * 4)
+    shifted = [padded[:, top:top + height, left:left + width]
+               for top in range(2 * max_shift + 1) for left in range(2 * max_shift + 1)]
+    return shifted + [view.flip(-1) for view in shifted] if flip else shifted
+
+
+@pytest.mark.parametrize("max_shift, flip", [(2, True), (1, False), (0, True)])
+def test_shift_and_flip_makes_only_shifted_or_mirrored_copies(max_shift, flip):
+    images = torch.rand(64, 1, 6, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = shift_and_flip(images, max_shift=max_shift, flip=flip, generator=torch.Generator().manual_seed(2))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    chosen = []
+    for image, augmented in zip(images, out):
+        variants = image_variants(image, max_shift, flip)
+        matches = [index for index, variant in enumerate(variants) if torch.equal(variant, augmented)]
+        assert matches, "an augmented image is no shift or mirror of its input"
+        chosen.append(matches[0])
+    # the draw uses more than one of the variants (64 images: one alone has probability < 1e-30)
+    assert len(set(chosen)) > 1
+    if max_shift == 0:  # flips alone: about half mirrored
+        assert 16 <= sum(index == 1 for index in chosen) <= 48
 
 
 def test_occlusion_noises_only_the_square_and_stays_in_range():

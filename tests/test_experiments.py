@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from experiments import fashion_mnist, shakespeare_mlm, spoken_digits
+from experiments.common import shift_and_flip_images
 from perceiver.adapters import MASK_ID, PAD_ID
 
 TINY_MODEL = ["--num-latents", "4", "--num-latent-channels", "16", "--embed-channels", "16",
@@ -50,6 +51,20 @@ def test_fashion_mnist_tiny_run(tmp_path, data):
     assert metrics["test_samples"] == 40 and 0.0 <= metrics["test_accuracy"] <= 1.0
     mirrored_hits = metrics["test_accuracy_with_mirror"] * 40  # a whole number of the 40 test images
     assert 0.0 <= mirrored_hits <= 40 and abs(mirrored_hits - round(mirrored_hits)) < 1e-6
+
+
+def test_image_augmentation_flags_choose_shifts_and_flips_apart():
+    images = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert shift_and_flip_images(images, 0, False) is images  # no augmentation at all
+    torch.manual_seed(0)
+    flipped_only = shift_and_flip_images(images, 0, True)
+    mirrored = torch.tensor([torch.equal(out, image.flip(-1)) for out, image in zip(flipped_only, images)])
+    kept = torch.tensor([torch.equal(out, image) for out, image in zip(flipped_only, images)])
+    assert torch.all(mirrored ^ kept) and 16 <= int(mirrored.sum()) <= 48  # each image mirrored or not, about half
+    torch.manual_seed(0)
+    shifted_only = shift_and_flip_images(images, 2, False)
+    assert not any(torch.equal(out, image.flip(-1)) for out, image in zip(shifted_only, images))
+    assert not torch.equal(shifted_only, images)
 
 
 def test_spoken_digits_tiny_run_reports_held_out_voices_engine_and_real_speech(tmp_path, data):
