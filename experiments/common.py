@@ -365,8 +365,9 @@ FASHION_MEAN, FASHION_STD = 0.286, 0.353  # of the training images' pixels
 IMAGE_INPUTS = ("conv", "patches")
 
 
-def add_image_model_args(parser: argparse.ArgumentParser) -> None:
-    """The input adapter's and model's flags, shared by the experiments on Fashion-MNIST images."""
+def add_image_model_args(parser: argparse.ArgumentParser, *, max_shift: int = 2) -> None:
+    """The input adapter's, model's and augmentation's flags, shared by the experiments on Fashion-MNIST images;
+    ``max_shift`` is the experiment's default for ``--max-shift``."""
     parser.add_argument("--input", choices=IMAGE_INPUTS, default="conv",
                         help="input adapter: a convolutional stem (ConvAdapter) or linear patch embeddings (PatchAdapter)")
     parser.add_argument("--conv-channels", type=int, nargs="+", default=[32, 64, 128],
@@ -380,12 +381,14 @@ def add_image_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-scale", type=float, default=None,
                         help="fixed std of the encoder's and decoder's initial weights (default: the package's "
                              "fan-in scaled initialisation)")
-    parser.add_argument("--max-shift", type=int, default=2, help="augmentation: largest random shift in pixels")
+    parser.add_argument("--max-shift", type=int, default=max_shift, help="augmentation: largest random shift in pixels")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                         help="augmentation: mirror half of the training images left to right")
 
 
 def check_image_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.max_shift < 0:
+        parser.error(f"--max-shift: expected a number of pixels >= 0, got {args.max_shift}")
     if args.input == "patches" and 28 % args.patch_size:
         parser.error(f"--patch-size: expected a divisor of 28, got {args.patch_size}")
     if args.input == "conv":

@@ -104,11 +104,13 @@ def test_spoken_digits_input_flag_swaps_the_adapter():
         assert out.shape[:2] == (2, tokens) and out_mask.shape == (2, tokens)
 
 
-def test_spoken_digits_rejects_bad_augmentation_flags(tmp_path):
-    for flags, named in ((["--reverb", "1.5"], "--reverb"), (["--tilt", "1"], "--tilt"),
-                         (["--speed", "0", "1"], "--speed")):
-        with pytest.raises(SystemExit):
-            spoken_digits.main(["--out", str(tmp_path), *flags])
+@pytest.mark.parametrize("module, flags, named", [
+    (spoken_digits, ["--reverb", "1.5"], "--reverb"), (spoken_digits, ["--tilt", "1"], "--tilt"),
+    (spoken_digits, ["--speed", "0", "1"], "--speed"), (fashion_mnist, ["--max-shift", "-1"], "--max-shift")])
+def test_experiments_reject_bad_augmentation_flags_by_name(tmp_path, capsys, module, flags, named):
+    with pytest.raises(SystemExit):
+        module.main(["--out", str(tmp_path), *flags])
+    assert named in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("options", [[], ["--span", "3", "--query-context", "-1", "--decode", "all"]])
