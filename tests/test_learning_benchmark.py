@@ -47,3 +47,16 @@ def test_schedule_warms_up_then_decays_on_the_training_clock():
     assert lr_factor(60, 60, recipe) == pytest.approx(0.1) and lr_factor(90, 60, recipe) == pytest.approx(0.1)
     middle = 1.8 + (60 - 1.8) / 2
     assert lr_factor(middle, 60, recipe) == pytest.approx(0.55)
+
+
+def test_report_names_the_augmentation_and_rejects_negative_shifts(capsys):
+    from benchmarks.learning import augmentation, main
+
+    assert augmentation({"max_shift": 0, "flip": True}) == "flips, no shifts"
+    assert augmentation({"max_shift": 2, "flip": True}) == "shifts ±2 px and flips"
+    assert augmentation({"max_shift": 1, "flip": False}) == "shifts ±1 px, no flips"
+    assert augmentation({"max_shift": 0, "flip": False}) == "no shifts or flips"
+    assert augmentation({"max_shift": 2}) == "shifts ±2 px and flips"  # reports from before --flip always flipped
+    with pytest.raises(SystemExit):
+        main(["--max-shift", "-1"])
+    assert "--max-shift" in capsys.readouterr().err
