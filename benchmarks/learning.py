@@ -424,11 +424,11 @@ def main(argv: list[str] | None = None) -> int:
                      f"{args.parallel}")
     if args.max_shift < 0:
         parser.error(f"--max-shift: expected a number of pixels >= 0, got {args.max_shift}")
-    augment = dict(max_shift=args.max_shift, flip=args.flip, seed=args.seed)
-    recipe = Recipe(minutes=args.minutes, evals=args.evals, **augment)
+    shared = dict(max_shift=args.max_shift, flip=args.flip, seed=args.seed)  # the full and the quick recipe alike
+    recipe = Recipe(minutes=args.minutes, evals=args.evals, **shared)
     if args.quick:
         recipe = Recipe(minutes=0.05, evals=2, batch_size=16, num_latents=8, latent_channels=32, layers=1,
-                        train_limit=512, test_limit=200, **augment)
+                        train_limit=512, test_limit=200, **shared)
     from perceiver.data import MissingShardsError, find_shards
 
     try:
