@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from filelock import FileLock
 
 from perceiver import PerceiverEncoder, PerceiverIO, builders
 from perceiver.adapters import PatchAdapter, SpectrogramAdapter
@@ -134,10 +135,15 @@ def ensure_shards(name: str, data_dir: str | Path, splits: tuple[str, ...], *, l
     shards = {}
     for split in splits:
         if distributed.rank() == 0:
-            reason = _why_build(directory, name, split, limit)
-            if reason:
-                print(f"building {name}/{split} shards in {directory}: {reason}")
-                build_dataset(name, directory, splits=[split], limit=limit, seed=seed)
+            directory.mkdir(parents=True, exist_ok=True)
+            # Two runs started together on a fresh machine would write the same shard files at once (one of them
+            # crashed renaming a file the other had renamed): the second waits here for the first's build, then
+            # finds it done.
+            with FileLock(directory / f".{name}-{split}.lock"):
+                reason = _why_build(directory, name, split, limit)
+                if reason:
+                    print(f"building {name}/{split} shards in {directory}: {reason}")
+                    build_dataset(name, directory, splits=[split], limit=limit, seed=seed)
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # the other ranks wait for rank 0's check and build
         shards[split] = find_shards(directory, name, split)

@@ -434,6 +434,35 @@ def test_a_build_records_its_limit_and_a_run_asking_for_another_rebuilds(tmp_pat
     assert "have no manifest" in capsys.readouterr().out
 
 
+def test_two_runs_starting_together_build_the_shards_once(tmp_path, capsys):
+    # Two runs started at once on a fresh machine: the second waits for the first's build and then uses it.
+    import threading
+
+    from experiments.common import ensure_shards
+    from perceiver.data.shards import iter_raw_samples
+
+    start, found, errors = threading.Barrier(2), [], []
+
+    def run():
+        start.wait()
+        try:
+            found.append(ensure_shards("fashion-mnist", tmp_path, ("test",), limit=2500))
+        except Exception as error:  # noqa: BLE001 - the test reports what either run raised
+            errors.append(error)
+
+    runs = [threading.Thread(target=run) for _ in range(2)]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join()
+    assert errors == []
+    assert found[0] == found[1] and len(found[0]["test"]) == 3
+    assert capsys.readouterr().out.count("building fashion-mnist/test shards") == 1
+    problems = []
+    samples = sum(1 for path in found[0]["test"] for _ in iter_raw_samples(path, lambda *p: problems.append(p)))
+    assert (samples, problems) == (2500, [])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--split", "dev"], "argument --split: fashion-mnist has splits train, test, got 'dev'"),
     (["--limit", "0"], "argument --limit: expected a positive number of samples, got 0"),
