@@ -149,7 +149,9 @@ def test_perceiver_io_learns_a_toy_task():
     model = toy_model()
     x = torch.randn(64, 10, 3)
     labels = (x[:, :, 0].mean(dim=1) > 0).long() + 2 * (x[:, :, 1].mean(dim=1) > 0).long()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    # lr 3e-3, not 1e-2: at 1e-2 the loss spikes on the way down, so where step 60 lands depended on the CPU's
+    # floating-point trajectory (0.51 on one machine against a bound of 0.48); at 3e-3 six seeds end at 0.01-0.11.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(60):
         loss = nn.functional.cross_entropy(model(x), labels)
