@@ -16,8 +16,8 @@ processes at a time, one per core); the clock counts training steps only, and th
 Models (Perceivers at one size: 32 latents of 128 channels, 2 latent self-attention layers, 4 heads, MLPs twice as
 wide; each implementation with its own input preprocessing and its own initialisation):
 
-- ``ours``: ``perceiver`` with its default initialisation and a ``ConvAdapter`` (3×3 convolutions of 32, 64 and
-  128 channels, strides 1, 2, 2: 7×7 tokens with Fourier positions), as ``python -m experiments.fashion_mnist``;
+- ``ours``: ``perceiver`` with its default initialisation and a ``ConvAdapter`` (3×3 convolutions of 32, 64, 64
+  and 128 channels, strides 1, 2, 1, 2: 7×7 tokens with Fourier positions), as ``python -m experiments.fashion_mnist``;
 - ``ours-patches``: the same core over linear 4×4 patch embeddings (``PatchAdapter``);
 - ``hf-learned``, ``hf-fourier``, ``hf-conv``: transformers' ``PerceiverModel`` with the three image preprocessors of
   its ``PerceiverForImageClassification{Learned,Fourier,ConvProcessing}`` (a 1×1 convolution and learned positions
@@ -80,7 +80,7 @@ def build_ours(recipe: Recipe, stem: str):
     from perceiver.adapters import ClassificationOutput, ClassificationQuery, ConvAdapter, PatchAdapter
 
     if stem == "conv":
-        adapter = ConvAdapter(in_channels=1, max_size=(28, 28), channels=(32, 64, 128), strides=(1, 2, 2),
+        adapter = ConvAdapter(in_channels=1, max_size=(28, 28), channels=(32, 64, 64, 128), strides=(1, 2, 1, 2),
                               num_bands=8)
     else:
         adapter = PatchAdapter(in_channels=1, max_size=(28, 28), patch_size=4, embed_channels=128, num_bands=8)
