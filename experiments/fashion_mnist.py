@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
     add_data_args(parser, "fashion-mnist")
     # Flips alone: over the 28-minute budget shifts of up to 2 pixels kept the model from fitting the training set
     # (92.5% with them, 92.9% with flips alone, and flips alone ahead at step 2,000 in three seeds; docs/exps.md).
-    # A fourth convolution at 14×14 (64 to 64 channels): ahead of three stems by 0.8 and 0.3 points after the same
-    # 4,000 steps in two seeds run side by side, for about the same step time on two threads (docs/exps.md).
+    # A fourth convolution at 14×14 (64 to 64 channels): ahead of the three-convolution stem by 0.8 and 0.3 points
+    # after the same 4,000 steps in two seeds run side by side, at about the same step time on two threads
+    # (docs/exps.md).
     add_image_model_args(parser, max_shift=0, conv_channels=(32, 64, 64, 128), conv_strides=(1, 2, 1, 2))
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     args = parser.parse_args(argv)
