@@ -8,6 +8,9 @@ flite, Festival and SAM, plus SVOX Pico and Asterisk's recorded digits. Three ev
   chooses settings, since the real recordings are too few to choose by;
 - ``real``: ten recordings of one human speaker (8 kHz telephone audio), never used to choose anything alone.
 
+Each reports its plain accuracy and, beside it, ``speed_averaged_accuracy``: every clip scored on its mean
+log-probabilities over the playback speeds of ``--eval-speeds`` (``speed_averaged_log_probs``).
+
 Every clip, in training and evaluation alike, is cut to where it speaks (``perceiver.augment.crop_to_speech``), so
 long silences and tight trims reach the model alike; the log-mel spectrogram stops at ``--f-max`` (4 kHz, the band
 of telephone audio) and is standardised per utterance, so the level does not matter. Training augments each batch
@@ -89,6 +92,22 @@ def augment_waveforms(audio: torch.Tensor, pad_mask: torch.Tensor, args) -> tupl
     return audio, pad_mask
 
 
+def speed_averaged_log_probs(model: nn.Module, audio: torch.Tensor, pad_mask: torch.Tensor, *,
+                             speeds: tuple[float, ...], max_samples: int) -> torch.Tensor:
+    """Class log-probabilities (B, classes) averaged over the clips played at each of ``speeds``, each cut to
+    ``max_samples``: the test-time counterpart of the training's speed augmentation, so that one speaker's rate and
+    vocal tract length weigh less in a prediction. The clips are moved to the model's device after the resampling."""
+    device = next(model.parameters()).device
+    log_probs = []
+    for speed in speeds:
+        played, played_mask = change_speed(audio, pad_mask, speeds=(speed, speed)) if speed != 1.0 else (audio, pad_mask)
+        played, played_mask = crop(played, played_mask, max_samples)
+        logits = model(played.to(device), played_mask.to(device))
+        log_probs.append(logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(dim=-1))
+    # The mean of log-probabilities (a product of the speeds' distributions), normalised again.
+    return torch.stack(log_probs).mean(dim=0).log_softmax(dim=-1)
+
+
 def add_arguments(parser) -> None:
     add_data_args(parser, DATASET)
     model = parser.add_argument_group("input")
@@ -107,6 +126,10 @@ def add_arguments(parser) -> None:
     model.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
     model.add_argument("--label-smoothing", type=float, default=0.1)
     data = parser.add_argument_group("training data and augmentation")
+    evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument("--eval-speeds", type=float, nargs="+", default=(0.85, 0.9, 1.0, 1.1, 1.15),
+                            help="each evaluation also scores every clip on its mean log-probabilities over these "
+                                 "playback speeds (reported beside the plain accuracy as *speed_averaged_accuracy)")
     data.add_argument("--engines", nargs="+", choices=TRAIN_ENGINES, default=list(TRAIN_ENGINES),
                       help="train on the utterances of these engines only")
     data.add_argument("--speed", type=float, nargs=2, default=(0.85, 1.15), metavar=("LOW", "HIGH"),
@@ -143,6 +166,8 @@ def check_arguments(parser, args) -> None:
         parser.error(f"--tilt: expected a number in [0, 1), got {args.tilt}")
     if args.speech_margin < 0:
         parser.error(f"--speech-margin: expected seconds >= 0, got {args.speech_margin}")
+    if min(args.eval_speeds) <= 0:
+        parser.error(f"--eval-speeds: expected positive speed factors, got {list(args.eval_speeds)}")
     if args.max_shift < 0 or not 0 < min(args.speed) <= max(args.speed):
         parser.error(f"--max-shift, --speed: expected seconds >= 0 and positive factors, got {args.max_shift}, "
                      f"{tuple(args.speed)}")
@@ -186,16 +211,20 @@ def main(argv: list[str] | None = None) -> dict:
         loss = nn.functional.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
         return loss, {"accuracy": (logits.argmax(dim=1) == labels).float().mean()}
 
-    def split_counts(model: nn.Module, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The split's confusion matrix, and one per engine (the test split mixes four)."""
+    def split_counts(model: nn.Module, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """The split's confusion matrix, one per engine (the test split mixes four), and the hits of the predictions
+        averaged over ``--eval-speeds``."""
         counts = torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.int64, device=device)
         per_engine = {name: counts.clone() for name in TRAIN_ENGINES}
+        speed_hits = torch.zeros((), dtype=torch.int64, device=device)
         for batch in make_loader(shards[split], batch_size=100, mode="epoch", shuffle=False,
                                  num_workers=args.num_workers):
             audio, pad_mask = cut_to_speech(batch["audio"], batch["audio_pad_mask"])
             predictions = model(audio.to(device), pad_mask.to(device)).argmax(dim=1)
             labels = batch["label"].to(device)
             counts += confusion_matrix(predictions, labels, num_classes=len(CLASSES))
+            averaged = speed_averaged_log_probs(model, audio, pad_mask, speeds=args.eval_speeds, max_samples=max_samples)
+            speed_hits += (averaged.argmax(dim=1) == labels).sum()
             engine_of = [meta["speech"] for meta in batch["meta"]]
             for name, engine_counts in per_engine.items():
                 rows = torch.tensor([found == name for found in engine_of], device=device)
@@ -204,7 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
         # Every rank reduces every engine's matrix (a collective must be called alike on all ranks), then drops the
         # engines the split does not have.
         per_engine = {name: all_reduce_sum(engine_counts) for name, engine_counts in per_engine.items()}
-        return all_reduce_sum(counts), {name: c for name, c in per_engine.items() if c.sum() > 0}
+        return (all_reduce_sum(counts), {name: c for name, c in per_engine.items() if c.sum() > 0},
+                all_reduce_sum(speed_hits))
 
     matrices: dict[str, list] = {}
 
@@ -212,9 +242,11 @@ def main(argv: list[str] | None = None) -> dict:
     def evaluate(model: nn.Module) -> dict:
         metrics = {}
         for split, prefix in EVALUATIONS:
-            counts, per_engine = split_counts(model, split)
+            counts, per_engine, speed_hits = split_counts(model, split)
             matrices[split] = counts.tolist()
             metrics.update(confusion_metrics(counts, list(CLASSES), figure=run.tracker.saves_figures, prefix=prefix))
+            # Beside the plain accuracy, never in its place.
+            metrics[f"{prefix}speed_averaged_accuracy"] = int(speed_hits) / max(1, int(counts.sum()))
             if split == "test":
                 for name, engine_counts in per_engine.items():
                     metrics[f"test_accuracy_{name}"] = float(engine_counts.diagonal().sum() / engine_counts.sum())
@@ -233,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
         "engine_samples": int(found.get("engine_samples", 0)),
         "real_accuracy": found.get("real_accuracy", float("nan")),
         "real_samples": int(found.get("real_samples", 0)),
+        **{f"{split}_speed_averaged_accuracy": found.get(f"{prefix}speed_averaged_accuracy", float("nan"))
+           for split, prefix in EVALUATIONS},
         # What each real recording (one per digit, 0 to 9) was taken for: the ten-sample confusion matrix in a word.
         "real_predictions": "".join(str(row.index(max(row))) if sum(row) else "-" for row in matrices.get("real", [])),
         **run_summary(result, model, run),

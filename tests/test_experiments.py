@@ -13,6 +13,7 @@ import torch
 
 from experiments import fashion_mnist, shakespeare_mlm, spoken_digits
 from experiments.common import shift_and_flip_images
+from perceiver import builders
 from perceiver.adapters import MASK_ID, PAD_ID
 
 TINY_MODEL = ["--num-latents", "4", "--num-latent-channels", "16", "--embed-channels", "16",
@@ -75,6 +76,9 @@ def test_spoken_digits_tiny_run_reports_held_out_voices_engine_and_real_speech(t
     assert len(metrics["real_predictions"]) == 10 and set(metrics["real_predictions"]) <= set("0123456789")
     real_hits = sum(int(p) == digit for digit, p in enumerate(metrics["real_predictions"]))
     assert real_hits == round(10 * metrics["real_accuracy"])
+    for split, samples in (("test", 20), ("engine", 20), ("real", 10)):  # whole numbers of clips right
+        hits = metrics[f"{split}_speed_averaged_accuracy"] * samples
+        assert 0.0 <= hits <= samples and abs(hits - round(hits)) < 1e-6
     per_engine = [key for key in metrics if key.startswith("test_accuracy_")]
     assert per_engine and all(0.0 <= metrics[key] <= 1.0 for key in per_engine)
     matrices = json.loads((tmp_path / "run" / "confusion_matrices.json").read_text())
@@ -104,7 +108,34 @@ def test_spoken_digits_input_flag_swaps_the_adapter():
         assert out.shape[:2] == (2, tokens) and out_mask.shape == (2, tokens)
 
 
+def test_speed_averaged_log_probs_keep_each_clip_alone_or_padded_in_a_batch():
+    base = dict(patch_frames=4, patch_mels=8, n_mels=16, f_max=4000.0, max_duration=0.4, embed_channels=8,
+                num_bands=2, conv_strides=(2, 2), warp=0.0, time_masks=0, time_mask_frames=10, freq_masks=0,
+                freq_mask_bins=4)
+    torch.manual_seed(0)
+    adapter = spoken_digits.build_adapter(argparse.Namespace(input="conv", **base))
+    model = builders.classifier(adapter, num_classes=10, num_latents=4, num_latent_channels=16,
+                                num_cross_attention_heads=1, num_self_attention_heads=2).double().eval()
+    max_samples = 6400
+    audio = torch.randn(2, 6000, dtype=torch.float64)
+    pad_mask = torch.zeros(2, 6000, dtype=torch.bool)
+    pad_mask[0, 3500:] = True  # the first clip is shorter: padded in the batch
+    audio[0, 3500:] = 123.0  # padding holds garbage that must not reach the prediction
+    speeds = (0.85, 1.0, 1.15)
+    with torch.no_grad():
+        batched = spoken_digits.speed_averaged_log_probs(model, audio, pad_mask, speeds=speeds, max_samples=max_samples)
+        alone = spoken_digits.speed_averaged_log_probs(model, audio[:1, :3500], pad_mask[:1, :3500], speeds=speeds,
+                                                       max_samples=max_samples)
+        plain = spoken_digits.speed_averaged_log_probs(model, audio, pad_mask, speeds=(1.0,), max_samples=max_samples)
+        expected_plain = model(audio, pad_mask).log_softmax(dim=-1)
+    assert batched.shape == (2, 10) and torch.allclose(batched.exp().sum(dim=-1), torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(alone[0], batched[0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(plain, expected_plain, rtol=0, atol=1e-12)
+    assert not torch.allclose(batched, plain, atol=1e-4)  # the other speeds change the prediction
+
+
 @pytest.mark.parametrize("module, flags, named", [
+    (spoken_digits, ["--eval-speeds", "1", "0"], "--eval-speeds"),
     (spoken_digits, ["--reverb", "1.5"], "--reverb"), (spoken_digits, ["--tilt", "1"], "--tilt"),
     (spoken_digits, ["--speed", "0", "1"], "--speed"), (fashion_mnist, ["--max-shift", "-1"], "--max-shift")])
 def test_experiments_reject_bad_augmentation_flags_by_name(tmp_path, capsys, module, flags, named):
