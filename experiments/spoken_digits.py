@@ -100,7 +100,8 @@ def speed_averaged_log_probs(model: nn.Module, audio: torch.Tensor, pad_mask: to
     device = next(model.parameters()).device
     log_probs = []
     for speed in speeds:
-        played, played_mask = change_speed(audio, pad_mask, speeds=(speed, speed)) if speed != 1.0 else (audio, pad_mask)
+        played, played_mask = (audio, pad_mask) if speed == 1.0 else change_speed(audio, pad_mask,
+                                                                                  speeds=(speed, speed))
         played, played_mask = crop(played, played_mask, max_samples)
         logits = model(played.to(device), played_mask.to(device))
         log_probs.append(logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(dim=-1))
@@ -126,10 +127,6 @@ def add_arguments(parser) -> None:
     model.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
     model.add_argument("--label-smoothing", type=float, default=0.1)
     data = parser.add_argument_group("training data and augmentation")
-    evaluation = parser.add_argument_group("evaluation")
-    evaluation.add_argument("--eval-speeds", type=float, nargs="+", default=(0.85, 0.9, 1.0, 1.1, 1.15),
-                            help="each evaluation also scores every clip on its mean log-probabilities over these "
-                                 "playback speeds (reported beside the plain accuracy as *speed_averaged_accuracy)")
     data.add_argument("--engines", nargs="+", choices=TRAIN_ENGINES, default=list(TRAIN_ENGINES),
                       help="train on the utterances of these engines only")
     data.add_argument("--speed", type=float, nargs=2, default=(0.85, 1.15), metavar=("LOW", "HIGH"),
@@ -151,6 +148,10 @@ def add_arguments(parser) -> None:
     data.add_argument("--time-mask-frames", type=int, default=10, help="widest time mask in frames")
     data.add_argument("--freq-masks", type=int, default=0, help="SpecAugment frequency masks per clip")
     data.add_argument("--freq-mask-bins", type=int, default=4, help="widest frequency mask in mel bins")
+    evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument("--eval-speeds", type=float, nargs="+", default=(0.85, 0.9, 1.0, 1.1, 1.15),
+                            help="each evaluation also scores every clip on its mean log-probabilities over these "
+                                 "playback speeds (reported beside the plain accuracy as *speed_averaged_accuracy)")
 
 
 def check_arguments(parser, args) -> None:
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
             predictions = model(audio.to(device), pad_mask.to(device)).argmax(dim=1)
             labels = batch["label"].to(device)
             counts += confusion_matrix(predictions, labels, num_classes=len(CLASSES))
-            averaged = speed_averaged_log_probs(model, audio, pad_mask, speeds=args.eval_speeds, max_samples=max_samples)
+            averaged = speed_averaged_log_probs(model, audio, pad_mask, speeds=args.eval_speeds,
+                                                max_samples=max_samples)
             speed_hits += (averaged.argmax(dim=1) == labels).sum()
             engine_of = [meta["speech"] for meta in batch["meta"]]
             for name, engine_counts in per_engine.items():
