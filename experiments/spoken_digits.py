@@ -17,11 +17,10 @@ of telephone audio) and is standardised per utterance, so the level does not mat
 of waveforms with a random playback speed, level and spectral tilt, a synthetic room, a leading silence, white, pink
 or brown noise and a telephone line; ``--warp``, ``--time-masks`` and ``--freq-masks`` add a vocal tract length warp
 and SpecAugment masks to the spectrogram (``LogMelSpectrogram``'s options, active in training mode only; off by
-default, as they slowed learning in a short probe and
-ended behind in two full runs, docs/exps.md). ``--input`` picks the adapter: two 1-D
-convolutions over time with the mel bins as channels, one token per 4 frames (``conv``, ``SpectrogramConvAdapter``,
-the default: ahead of the others in a side-by-side probe), one linear token per 4 full-band frames
-(``time-frames``), or time × frequency tiles (``patches``)::
+default, as they slowed learning in a short probe and ended behind in two full runs, docs/exps.md). ``--input``
+picks the adapter: two 1-D convolutions over time with the mel bins as channels, one token per 4 frames (``conv``,
+``SpectrogramConvAdapter``, the default: ahead of the others in a side-by-side probe), one linear token per 4
+full-band frames (``time-frames``), or time × frequency tiles (``patches``)::
 
     python -m experiments.spoken_digits --out runs/spoken-digits
     python -m experiments.spoken_digits --out runs/spoken-digits-frames --input time-frames
