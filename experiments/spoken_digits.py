@@ -51,6 +51,11 @@ DATASET = "spoken-digits"
 CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SAMPLE_RATE = 16000
 TRAIN_ENGINES = ("espeak-ng", "flite", "festival", "sam")
+# Seconds of speech the model hears (longer speech is cut) and kept either side of the speech that the cut finds.
+MAX_DURATION = 1.2
+SPEECH_MARGIN = 0.1
+# The test-time playback speeds: the ends and the middle of the training's default --speed range.
+EVAL_SPEEDS = (0.85, 0.9, 1.0, 1.1, 1.15)
 # Evaluations: split, metric prefix.
 EVALUATIONS = (("test", ""), ("engine", "engine_"), ("real", "real_"))
 # What --input picks: "time-frames" makes one token of each group of --patch-frames frames over all mel bins;
@@ -72,6 +77,16 @@ def build_adapter(args) -> SpectrogramAdapter | SpectrogramConvAdapter:
 
 def build_model(args) -> PerceiverIO:
     return classifier(build_adapter(args), args, num_classes=len(CLASSES), widening_factor=args.widening_factor)
+
+
+def cut_to_speech(audio: torch.Tensor, pad_mask: torch.Tensor, *, max_samples: int,
+                  speech_margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each clip cut to where it speaks, at most ``max_samples`` long, with ``speech_margin`` seconds kept either
+    side: the same in training, evaluation and ``experiments.predict_digits``. A wider margin keeps more of the weak
+    onsets and endings (the f of "four", the th of "three") that lie up to 55 dB below a word's loudest frame, where
+    the 40 dB threshold alone cuts them."""
+    return crop_to_speech(audio, pad_mask, max_samples=max_samples, frame=SAMPLE_RATE // 100,
+                          margin=round(speech_margin * 100))  # frames of 10 ms
 
 
 def augment_waveforms(audio: torch.Tensor, pad_mask: torch.Tensor, args) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,8 +130,9 @@ def add_arguments(parser) -> None:
                        help="input adapter: full-band frame groups, time × frequency patches or a conv stem")
     model.add_argument("--n-mels", type=int, default=32, help="mel bins")
     model.add_argument("--f-max", type=float, default=4000.0, help="highest filterbank frequency in Hz")
-    model.add_argument("--max-duration", type=float, default=1.2, help="longer speech is cut, in seconds")
-    model.add_argument("--speech-margin", type=float, default=0.1,
+    model.add_argument("--max-duration", type=float, default=MAX_DURATION,
+                       help="longer speech is cut, in seconds")
+    model.add_argument("--speech-margin", type=float, default=SPEECH_MARGIN,
                        help="seconds kept before and after the speech that the cut to speech finds")
     model.add_argument("--patch-frames", type=int, default=4, help="frames (10 ms each) per patch")
     model.add_argument("--patch-mels", type=int, default=8, help="mel bins per patch (divides --n-mels)")
@@ -148,7 +164,7 @@ def add_arguments(parser) -> None:
     data.add_argument("--freq-masks", type=int, default=0, help="SpecAugment frequency masks per clip")
     data.add_argument("--freq-mask-bins", type=int, default=4, help="widest frequency mask in mel bins")
     evaluation = parser.add_argument_group("evaluation")
-    evaluation.add_argument("--eval-speeds", type=float, nargs="+", default=(0.85, 0.9, 1.0, 1.1, 1.15),
+    evaluation.add_argument("--eval-speeds", type=float, nargs="+", default=EVAL_SPEEDS,
                             help="each evaluation also scores every clip on its mean log-probabilities over these "
                                  "playback speeds (reported beside the plain accuracy as *speed_averaged_accuracy)")
 
@@ -189,12 +205,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = run.context.device
     max_samples = round(args.max_duration * SAMPLE_RATE)
     engines = set(args.engines)
-    # Frames of 10 ms. A wider margin keeps more of the weak onsets and endings (the f of "four", the th of "three")
-    # that lie up to 55 dB below a word's loudest frame, where the 40 dB threshold alone cuts them.
-    margin = round(args.speech_margin * 100)
 
-    def cut_to_speech(audio: torch.Tensor, pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return crop_to_speech(audio, pad_mask, max_samples=max_samples, frame=SAMPLE_RATE // 100, margin=margin)
+    def cut(audio: torch.Tensor, pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return cut_to_speech(audio, pad_mask, max_samples=max_samples, speech_margin=args.speech_margin)
 
     def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         audio, pad_mask, labels = batch["audio"].cpu(), batch["audio_pad_mask"].cpu(), batch["label"]
@@ -203,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
             if not keep.any():  # nothing of the chosen engines in this batch: a zero loss that still reaches DDP
                 return sum(parameter.sum() for parameter in model.parameters()) * 0.0, {}
             audio, pad_mask, labels = audio[keep], pad_mask[keep], labels[keep]
-        audio, pad_mask = cut_to_speech(audio, pad_mask)
+        audio, pad_mask = cut(audio, pad_mask)
         audio, pad_mask = augment_waveforms(audio, pad_mask, args)
         audio, pad_mask = crop(audio, pad_mask, max_samples)
         logits = model(audio.to(device), pad_mask.to(device)).float()
@@ -219,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         speed_hits = torch.zeros((), dtype=torch.int64, device=device)
         for batch in make_loader(shards[split], batch_size=100, mode="epoch", shuffle=False,
                                  num_workers=args.num_workers):
-            audio, pad_mask = cut_to_speech(batch["audio"], batch["audio_pad_mask"])
+            audio, pad_mask = cut(batch["audio"], batch["audio_pad_mask"])
             predictions = model(audio.to(device), pad_mask.to(device)).argmax(dim=1)
             labels = batch["label"].to(device)
             counts += confusion_matrix(predictions, labels, num_classes=len(CLASSES))
