@@ -1,0 +1,179 @@
+"""Spoken digits in recordings: name the digit spoken in each audio file with a model that
+``experiments.spoken_digits`` trained (the ``model`` folder in its ``--out``)::
+
+    python -m experiments.predict_digits runs/spoken-digits/model recordings/*.wav
+    python -m experiments.predict_digits runs/spoken-digits/model recordings/ --json predictions.json
+
+Each file that libsndfile reads (WAV, FLAC, OGG; any sample rate; its channels averaged) is resampled to the model's
+rate, cut to where it speaks with the margin the model was trained with, and scored as the experiment's evaluation
+scores a clip: on its log-probabilities averaged over playback speeds (``--speeds``; ``--speeds 1`` scores each clip
+once), with the plain prediction beside it. Folders are searched for audio files. When every file's name begins with
+its digit followed by anything but a letter or digit (``7.wav``, ``7_jackson_12.wav``), the accuracy is printed too,
+plain and speed-averaged, with each digit's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from experiments.spoken_digits import (CLASSES, EVAL_SPEEDS, SPEECH_MARGIN, cut_to_speech,
+                                       speed_averaged_log_probs)
+from perceiver.config import load_model
+from perceiver.data.codecs import decode_audio
+from perceiver.data.collate import pad_sequences
+from perceiver.files import atomic_write_text
+from perceiver.threads import set_threads
+from perceiver.training.checkpoint import LATEST, load_checkpoint
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif")
+# A file name that begins with one digit and then anything but a letter or digit (or ends there): its label.
+DIGIT_IN_NAME = re.compile(r"(\d)(?![0-9a-z])", re.IGNORECASE)
+
+
+def find_recordings(paths: list[str | Path]) -> list[Path]:
+    """The files named and the audio files under the folders named (sorted), each once, in order."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            if not inside:
+                raise FileNotFoundError(f"recordings: no audio files ({', '.join(AUDIO_SUFFIXES)}) under {path}")
+            found.extend(inside)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"recordings: expected an audio file or a folder, got {path}, which does not exist")
+    return list(dict.fromkeys(found))
+
+
+def digit_in_name(path: Path) -> int | None:
+    """The digit a file's name begins with (``7.wav``, ``7_jackson_12.wav``), or None."""
+    match = DIGIT_IN_NAME.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def read_recording(path: Path, sample_rate: int, min_samples: int) -> torch.Tensor:
+    """A recording as a float32 mono waveform (T,) at ``sample_rate``; a clear error for what cannot be heard."""
+    try:
+        waveform = decode_audio(path.read_bytes(), sample_rate=sample_rate)
+    except Exception as error:  # libsndfile's errors name the format, not the file
+        raise ValueError(f"recordings: could not read {path} as audio ({error})") from error
+    if len(waveform) < min_samples:
+        raise ValueError(f"recordings: expected at least {min_samples} samples at {sample_rate} Hz "
+                         f"({min_samples / sample_rate * 1000:.0f} ms) in {path}, got {len(waveform)}")
+    return torch.from_numpy(waveform)
+
+
+def training_margin(model_dir: Path) -> float | None:
+    """The ``--speech-margin`` a model was trained with, from the checkpoint of the run folder it sits in."""
+    checkpoint = model_dir.parent / LATEST
+    if not checkpoint.is_file():
+        return None
+    return load_checkpoint(checkpoint).get("run_config", {}).get("speech_margin")
+
+
+@torch.no_grad()
+def classify(model: torch.nn.Module, waveforms: list[torch.Tensor], *, speeds: tuple[float, ...],
+             speech_margin: float, batch_size: int = 32, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class log-probabilities (N, 10) of each waveform (at the model's rate), plain and averaged over ``speeds``:
+    each clip cut to its speech as in training. A clip's scores do not depend on the others in its batch."""
+    max_samples = model.input_adapter.max_samples
+    plain, averaged = [], []
+    for start in tqdm(range(0, len(waveforms), batch_size), desc="recordings", unit="batch", disable=not progress):
+        audio, pad_mask = pad_sequences([w.numpy() for w in waveforms[start:start + batch_size]], 0.0, torch.float32)
+        audio, pad_mask = cut_to_speech(audio, pad_mask, max_samples=max_samples, speech_margin=speech_margin)
+        plain.append(model(audio, pad_mask).float().log_softmax(dim=-1))
+        averaged.append(speed_averaged_log_probs(model, audio, pad_mask, speeds=speeds, max_samples=max_samples))
+    empty = torch.empty(0, len(CLASSES))
+    return torch.cat(plain) if plain else empty, torch.cat(averaged) if averaged else empty
+
+
+def accuracy_report(labels: list[int], plain: torch.Tensor, averaged: torch.Tensor) -> dict:
+    """Hits of both predictions over all files and per digit."""
+    labels_tensor = torch.tensor(labels)
+    report = {"files": len(labels), "plain_hits": int((plain.argmax(1) == labels_tensor).sum()),
+              "speed_averaged_hits": int((averaged.argmax(1) == labels_tensor).sum()), "per_digit": {}}
+    for digit in range(len(CLASSES)):
+        rows = labels_tensor == digit
+        if rows.any():
+            report["per_digit"][str(digit)] = {
+                "files": int(rows.sum()), "plain_hits": int((plain[rows].argmax(1) == digit).sum()),
+                "speed_averaged_hits": int((averaged[rows].argmax(1) == digit).sum())}
+    return report
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m experiments.predict_digits", description=__doc__.splitlines()[0]
+                                     + " " + __doc__.splitlines()[1].split("::")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("model", type=Path, help="a model folder saved by experiments.spoken_digits (run/model)")
+    parser.add_argument("recordings", nargs="+", help="audio files or folders of them")
+    parser.add_argument("--speeds", type=float, nargs="+", default=EVAL_SPEEDS,
+                        help="playback speeds whose log-probabilities are averaged (1 = the clip alone)")
+    parser.add_argument("--speech-margin", type=float, default=None,
+                        help=f"seconds kept either side of the speech (default: the model's training run's, "
+                             f"else {SPEECH_MARGIN})")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all the machine has)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every prediction to this JSON file")
+    args = parser.parse_args(argv)
+    if min(args.speeds) <= 0:
+        parser.error(f"--speeds: expected positive speed factors, got {list(args.speeds)}")
+    if args.speech_margin is not None and args.speech_margin < 0:
+        parser.error(f"--speech-margin: expected seconds >= 0, got {args.speech_margin}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size: expected an int >= 1, got {args.batch_size}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    model = load_model(args.model).eval()
+    frontend = getattr(getattr(model, "input_adapter", None), "frontend", None)
+    if frontend is None or "sample_rate" not in getattr(frontend, "config", {}):
+        raise ValueError(f"model: expected a spoken-digits model (an audio input adapter) in {args.model}, "
+                         f"got a {type(getattr(model, 'input_adapter', model)).__name__}")
+    sample_rate = frontend.config["sample_rate"]
+    margin = args.speech_margin if args.speech_margin is not None else training_margin(args.model)
+    margin = SPEECH_MARGIN if margin is None else margin
+    paths = find_recordings(args.recordings)
+    waveforms = [read_recording(path, sample_rate, frontend.n_fft) for path in paths]
+    plain, averaged = classify(model, waveforms, speeds=tuple(args.speeds), speech_margin=margin,
+                               batch_size=args.batch_size, progress=len(paths) > args.batch_size)
+    labels = [digit_in_name(path) for path in paths]
+    known = all(label is not None for label in labels)
+
+    predictions = []
+    for path, label, plain_row, row in zip(paths, labels, plain, averaged):
+        digit = int(row.argmax())
+        predictions.append({"file": str(path), "digit": digit, "probability": round(float(row[digit].exp()), 4),
+                            "plain_digit": int(plain_row.argmax()), **({"label": label} if known else {})})
+        mark = ("  right" if digit == label else f"  wrong (said {label})") if known else ""
+        print(f"{path}\t{digit} ({CLASSES[digit]}, p={float(row[digit].exp()):.2f}){mark}")
+    result = {"model": str(args.model), "speeds": list(args.speeds), "speech_margin": margin,
+              "predictions": predictions}
+    if known:
+        report = accuracy_report(labels, plain, averaged)
+        result["accuracy"] = report
+        files = report["files"]
+        print(f"accuracy over {files} files: {report['speed_averaged_hits'] / files:.1%} averaged over speeds "
+              f"{list(args.speeds)}, {report['plain_hits'] / files:.1%} plain")
+        for digit, row in report["per_digit"].items():
+            print(f"  {digit} {CLASSES[int(digit)]:>5}: {row['speed_averaged_hits']}/{row['files']} "
+                  f"({row['plain_hits']}/{row['files']} plain)")
+    elif any(label is not None for label in labels):
+        print("no accuracy: some file names do not begin with their digit")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
