@@ -1,15 +1,16 @@
-"""Spoken digits in recordings: name the digit spoken in each audio file with a model that
-``experiments.spoken_digits`` trained (the ``model`` folder in its ``--out``)::
+"""Name the digit spoken in each audio file with a model saved by ``experiments.spoken_digits``.
+
+The model is the ``model`` folder in the experiment's ``--out``::
 
     python -m experiments.predict_digits runs/spoken-digits/model recordings/*.wav
     python -m experiments.predict_digits runs/spoken-digits/model recordings/ --json predictions.json
 
 Each file that libsndfile reads (WAV, FLAC, OGG; any sample rate; its channels averaged) is resampled to the model's
 rate, cut to where it speaks with the margin the model was trained with, and scored as the experiment's evaluation
-scores a clip: on its log-probabilities averaged over playback speeds (``--speeds``; ``--speeds 1`` scores each clip
-once), with the plain prediction beside it. Folders are searched for audio files. When every file's name begins with
-its digit followed by anything but a letter or digit (``7.wav``, ``7_jackson_12.wav``), the accuracy is printed too,
-plain and speed-averaged, with each digit's.
+scores a clip: on its log-probabilities averaged over the training run's playback speeds (``--speeds`` chooses
+others; ``--speeds 1`` scores each clip once), with the plain prediction beside it. Folders are searched for audio
+files. When every file's name begins with its digit followed by anything but a letter or digit (``7.wav``,
+``7_jackson_12.wav``), the accuracy is printed too, plain and speed-averaged, with each digit's.
 """
 
 from __future__ import annotations
@@ -70,12 +71,11 @@ def read_recording(path: Path, sample_rate: int, min_samples: int) -> torch.Tens
     return torch.from_numpy(waveform)
 
 
-def training_margin(model_dir: Path) -> float | None:
-    """The ``--speech-margin`` a model was trained with, from the checkpoint of the run folder it sits in."""
+def run_settings(model_dir: Path) -> dict:
+    """The flags of the run that trained a model (``--speech-margin``, ``--eval-speeds``, ...), from the checkpoint
+    of the run folder it sits in; empty for a model moved out of its run folder."""
     checkpoint = model_dir.parent / LATEST
-    if not checkpoint.is_file():
-        return None
-    return load_checkpoint(checkpoint).get("run_config", {}).get("speech_margin")
+    return load_checkpoint(checkpoint).get("run_config", {}) if checkpoint.is_file() else {}
 
 
 @torch.no_grad()
@@ -109,21 +109,20 @@ def accuracy_report(labels: list[int], plain: torch.Tensor, averaged: torch.Tens
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m experiments.predict_digits", description=__doc__.splitlines()[0]
-                                     + " " + __doc__.splitlines()[1].split("::")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m experiments.predict_digits", description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="a model folder saved by experiments.spoken_digits (run/model)")
     parser.add_argument("recordings", nargs="+", help="audio files or folders of them")
-    parser.add_argument("--speeds", type=float, nargs="+", default=EVAL_SPEEDS,
-                        help="playback speeds whose log-probabilities are averaged (1 = the clip alone)")
+    parser.add_argument("--speeds", type=float, nargs="+", default=None,
+                        help=f"playback speeds whose log-probabilities are averaged, 1 alone for none (default: the "
+                             f"training run's --eval-speeds, else {' '.join(map(str, EVAL_SPEEDS))})")
     parser.add_argument("--speech-margin", type=float, default=None,
                         help=f"seconds kept either side of the speech (default: the model's training run's, "
                              f"else {SPEECH_MARGIN})")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all the machine has)")
+    parser.add_argument("--batch-size", type=int, default=32, help="recordings scored at once")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the free cores)")
     parser.add_argument("--json", type=Path, default=None, help="also write every prediction to this JSON file")
     args = parser.parse_args(argv)
-    if min(args.speeds) <= 0:
+    if args.speeds is not None and min(args.speeds) <= 0:
         parser.error(f"--speeds: expected positive speed factors, got {list(args.speeds)}")
     if args.speech_margin is not None and args.speech_margin < 0:
         parser.error(f"--speech-margin: expected seconds >= 0, got {args.speech_margin}")
@@ -141,11 +140,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"model: expected a spoken-digits model (an audio input adapter) in {args.model}, "
                          f"got a {type(getattr(model, 'input_adapter', model)).__name__}")
     sample_rate = frontend.config["sample_rate"]
-    margin = args.speech_margin if args.speech_margin is not None else training_margin(args.model)
-    margin = SPEECH_MARGIN if margin is None else margin
+    trained_with = run_settings(args.model)
+    margin = args.speech_margin if args.speech_margin is not None else trained_with.get("speech_margin", SPEECH_MARGIN)
+    speeds = tuple(args.speeds or trained_with.get("eval_speeds", EVAL_SPEEDS))
     paths = find_recordings(args.recordings)
     waveforms = [read_recording(path, sample_rate, frontend.n_fft) for path in paths]
-    plain, averaged = classify(model, waveforms, speeds=tuple(args.speeds), speech_margin=margin,
+    plain, averaged = classify(model, waveforms, speeds=speeds, speech_margin=margin,
                                batch_size=args.batch_size, progress=len(paths) > args.batch_size)
     labels = [digit_in_name(path) for path in paths]
     known = all(label is not None for label in labels)
@@ -157,14 +157,14 @@ def main(argv: list[str] | None = None) -> dict:
                             "plain_digit": int(plain_row.argmax()), **({"label": label} if known else {})})
         mark = ("  right" if digit == label else f"  wrong (said {label})") if known else ""
         print(f"{path}\t{digit} ({CLASSES[digit]}, p={float(row[digit].exp()):.2f}){mark}")
-    result = {"model": str(args.model), "speeds": list(args.speeds), "speech_margin": margin,
+    result = {"model": str(args.model), "speeds": list(speeds), "speech_margin": margin,
               "predictions": predictions}
     if known:
         report = accuracy_report(labels, plain, averaged)
         result["accuracy"] = report
         files = report["files"]
         print(f"accuracy over {files} files: {report['speed_averaged_hits'] / files:.1%} averaged over speeds "
-              f"{list(args.speeds)}, {report['plain_hits'] / files:.1%} plain")
+              f"{list(speeds)}, {report['plain_hits'] / files:.1%} plain")
         for digit, row in report["per_digit"].items():
             print(f"  {digit} {CLASSES[int(digit)]:>5}: {row['speed_averaged_hits']}/{row['files']} "
                   f"({row['plain_hits']}/{row['files']} plain)")

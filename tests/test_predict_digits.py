@@ -102,12 +102,15 @@ def test_a_clip_scores_the_same_in_any_batch(model_dir, recordings):
         torch.testing.assert_close(one, four, rtol=0, atol=1e-5)
 
 
-def test_the_margin_comes_from_the_training_run_unless_given(model_dir, recordings):
-    assert predict_digits.main([str(model_dir), str(recordings / "7.wav")])["speech_margin"] == 0.1
-    save_checkpoint(model_dir.parent / LATEST, {"run_config": {"speech_margin": 0.25}})
-    assert predict_digits.main([str(model_dir), str(recordings / "7.wav")])["speech_margin"] == 0.25
-    given = predict_digits.main([str(model_dir), str(recordings / "7.wav"), "--speech-margin", "0"])
-    assert given["speech_margin"] == 0.0
+def test_margin_and_speeds_come_from_the_training_run_unless_given(model_dir, recordings):
+    alone = predict_digits.main([str(model_dir), str(recordings / "7.wav")])  # no run folder around the model
+    assert alone["speech_margin"] == spoken_digits.SPEECH_MARGIN and alone["speeds"] == list(spoken_digits.EVAL_SPEEDS)
+    save_checkpoint(model_dir.parent / LATEST, {"run_config": {"speech_margin": 0.25, "eval_speeds": [1.0, 1.2]}})
+    from_run = predict_digits.main([str(model_dir), str(recordings / "7.wav")])
+    assert from_run["speech_margin"] == 0.25 and from_run["speeds"] == [1.0, 1.2]
+    given = predict_digits.main([str(model_dir), str(recordings / "7.wav"), "--speech-margin", "0", "--speeds", "1"])
+    assert given["speech_margin"] == 0.0 and given["speeds"] == [1.0]
+    assert given["predictions"][0]["digit"] == given["predictions"][0]["plain_digit"]  # one speed: the plain score
 
 
 def test_no_accuracy_unless_every_name_begins_with_its_digit(model_dir, recordings, capsys):
