@@ -25,6 +25,7 @@ from perceiver.training import (
     TrainConfig,
     Tracker,
     WarmupCosine,
+    build_optimizer,
     clip_gradients,
     load_checkpoint,
     save_checkpoint,
@@ -240,6 +241,33 @@ def test_lamb_matches_a_float64_reference():
         update = (m / (1 - 0.9**t)) / ((v / (1 - 0.99**t)).sqrt() + 1e-6) + 0.01 * expected
         expected = expected - 0.1 * (expected.norm() / update.norm()) * update
     torch.testing.assert_close(weight.detach(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_lamb_without_adaptation_takes_adams_step():
+    torch.manual_seed(0)
+    grads = [torch.randn(4, dtype=torch.float64) for _ in range(3)]
+    bias = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    optimizer = Lamb([{"params": [bias], "adapt": False}], lr=0.1, betas=(0.9, 0.99), eps=1e-6)
+    expected, m, v = (torch.zeros(4, dtype=torch.float64) for _ in range(3))
+    for t, grad in enumerate(grads, start=1):
+        bias.grad = grad.clone()
+        optimizer.step()
+        m = 0.9 * m + 0.1 * grad
+        v = 0.99 * v + 0.01 * grad**2
+        expected = expected - 0.1 * (m / (1 - 0.9**t)) / ((v / (1 - 0.99**t)).sqrt() + 1e-6)
+    torch.testing.assert_close(bias.detach(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_lamb_from_build_optimizer_keeps_zero_biases_moving():
+    # With the trust ratio, a bias that starts at zero moves by lr once and then by about lr² a step.
+    model = nn.Linear(8, 8)
+    nn.init.zeros_(model.bias)
+    optimizer = build_optimizer(model, name="lamb", lr=0.01)
+    assert [group.get("adapt", True) for group in optimizer.param_groups] == [True, False]
+    for _ in range(5):
+        model.bias.grad, model.weight.grad = torch.ones(8), torch.ones(8, 8)
+        optimizer.step()
+    torch.testing.assert_close(model.bias.detach(), torch.full((8,), -0.05), rtol=1e-3, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints

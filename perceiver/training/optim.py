@@ -17,7 +17,10 @@ class Lamb(torch.optim.Optimizer):
         u = (m / (1 − β1^t)) / (sqrt(v / (1 − β2^t)) + eps) + weight_decay·w
         w = w − lr · (‖w‖ / ‖u‖) · u     (trust ratio 1 when ‖w‖ or ‖u‖ is 0)
 
-    The trust ratio lets large batches use one learning rate for layers of very different scales.
+    The trust ratio lets large batches use one learning rate for layers of very different scales. A parameter
+    group with ``adapt=False`` takes Adam's step ``lr · u`` instead: a bias that starts at zero would otherwise move
+    by ``lr`` once and then by about ``lr²`` a step (its trust ratio is its own tiny norm), so biases and norm
+    gains are left out of the adaptation, as the LAMB paper's BERT code leaves them out.
     """
 
     def __init__(self, params, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
@@ -26,7 +29,7 @@ class Lamb(torch.optim.Optimizer):
             raise ValueError(f"lr: expected a positive float, got {lr}")
         if not all(0.0 <= beta < 1.0 for beta in betas):
             raise ValueError(f"betas: expected two floats in [0, 1), got {betas}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, adapt=True))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -52,6 +55,9 @@ class Lamb(torch.optim.Optimizer):
                 update = (exp_avg / (1 - beta1**t)) / ((exp_avg_sq / (1 - beta2**t)).sqrt() + group["eps"])
                 if group["weight_decay"]:
                     update.add_(p, alpha=group["weight_decay"])
+                if not group.get("adapt", True):  # a group saved before the option existed adapts
+                    p.sub_(update * group["lr"])
+                    continue
                 weight_norm, update_norm = p.norm(), update.norm()
                 trust_ratio = torch.where(
                     (weight_norm > 0) & (update_norm > 0), weight_norm / update_norm, torch.ones_like(weight_norm)
@@ -72,7 +78,7 @@ def build_optimizer(
     """AdamW or LAMB over the model's trainable parameters.
 
     Weight decay applies to tensors of two or more dimensions (linear and embedding weights); biases, LayerNorm
-    parameters and other vectors are not decayed, as in nanoGPT.
+    parameters and other vectors are not decayed, as in nanoGPT, and with LAMB take Adam's step (no trust ratio).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"name: expected one of {OPTIMIZERS}, got {name!r}")
@@ -82,5 +88,6 @@ def build_optimizer(
         {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
     ]
     if name == "lamb":
+        groups[1]["adapt"] = False
         return Lamb(groups, lr=lr, betas=betas, eps=eps)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
