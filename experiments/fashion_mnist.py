@@ -24,6 +24,8 @@ from perceiver.training.distributed import all_reduce_sum
 from perceiver.training.plots import confusion_matrix
 
 NAME = "fashion_mnist"
+
+
 def image_adapter(args) -> ConvAdapter | PatchAdapter:
     if args.input == "conv":
         return ConvAdapter(in_channels=1, max_size=(28, 28), channels=args.conv_channels, strides=args.conv_strides,
