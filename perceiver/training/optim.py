@@ -20,7 +20,7 @@ class Lamb(torch.optim.Optimizer):
     The trust ratio lets large batches use one learning rate for layers of very different scales. A parameter
     group with ``adapt=False`` takes Adam's step ``lr · u`` instead: a bias that starts at zero would otherwise move
     by ``lr`` once and then by about ``lr²`` a step (its trust ratio is its own tiny norm), so biases and norm
-    gains are left out of the adaptation, as the LAMB paper's BERT code leaves them out.
+    gains are left out of the adaptation, as TensorFlow Addons' LAMB leaves out what it does not decay.
     """
 
     def __init__(self, params, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
