@@ -2,8 +2,9 @@
 
 Backends (``attend(..., backend=...)`` or ``with attention_backend(name):``):
 
-- ``"auto"`` (default): the fused Triton kernels of ``perceiver.kernels`` for CUDA tensors whenever they support the
-  call, PyTorch's ``scaled_dot_product_attention`` (SDPA) otherwise;
+- ``"auto"`` (default): the fused Triton kernels of ``perceiver.kernels`` for fp16 and bf16 CUDA tensors whenever
+  they support the call, PyTorch's ``scaled_dot_product_attention`` (SDPA) otherwise (fp32 included, see
+  ``AUTO_KERNEL_DTYPES``);
 - ``"sdpa"``: always SDPA (which itself picks flash, memory-efficient, cuDNN or math kernels);
 - ``"triton"``: always the Triton kernels (CUDA, or CPU under ``TRITON_INTERPRET=1``); raises if they cannot run;
 - ``"math"``: an explicit softmax(q kᵀ) v in the inputs' own dtype, float64 included; the reference for tests.
@@ -38,6 +39,13 @@ Backend = Literal["auto", "sdpa", "triton", "math"]
 BACKENDS: tuple[str, ...] = ("auto", "sdpa", "triton", "math")
 
 _default_backend: str = "auto"
+
+# The dtypes that "auto" sends to the kernels. Their fp32 path (IEEE dots on the CUDA cores, no tensor cores) is the
+# accuracy path, reached with backend="triton": on an H200 (Triton 3.6) a first fp32 call at head dim 40 did not
+# return within 110 s, nor a first fp32 train step of a model with head dim 128 within 250 s, while the autotuner
+# compiled its 24 candidates of unrolled FMA dots (about 11× slower to compile than bf16's; see
+# benchmarks/results/kernels.md). SDPA's fp32 kernels are compiled ahead of time.
+AUTO_KERNEL_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16)
 
 
 @contextlib.contextmanager
@@ -82,7 +90,7 @@ def resolve_backend(q: Tensor, k: Tensor, v: Tensor, pad_mask: Tensor | None = N
     _check_backend(backend)
     if backend != "auto":
         return backend
-    if q.is_cuda and _triton_unsupported_reason(q, k, v, pad_mask) is None:
+    if q.is_cuda and q.dtype in AUTO_KERNEL_DTYPES and _triton_unsupported_reason(q, k, v, pad_mask) is None:
         return "triton"
     return "sdpa"
 

@@ -1,6 +1,9 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+from perceiver import attention as attention_module
 from perceiver.attention import MultiHeadAttention, attend, attention_backend, resolve_backend
 
 
@@ -76,6 +79,16 @@ def test_auto_backend_is_sdpa_on_cpu_and_can_be_forced():
     assert resolve_backend(q, k, v, pad_mask) == "sdpa"
     with pytest.raises(ValueError, match="backend"):
         attend(q, k, v, backend="fast")
+
+
+@pytest.mark.parametrize("dtype, expected", [(torch.bfloat16, "triton"), (torch.float16, "triton"),
+                                             (torch.float32, "sdpa")])
+def test_auto_backend_sends_only_half_precision_cuda_calls_to_the_kernels(monkeypatch, dtype, expected):
+    # A stand-in for a CUDA tensor that the kernels support, so that the rule is checked on any machine.
+    monkeypatch.setattr(attention_module, "_triton_unsupported_reason", lambda *args: None)
+    q = SimpleNamespace(is_cuda=True, dtype=dtype)
+    assert resolve_backend(q, q, q) == expected
+    assert resolve_backend(q, q, q, backend="triton") == "triton"
 
 
 @pytest.mark.parametrize(
