@@ -4,7 +4,8 @@
     python -m benchmarks.peers --config a --repeats 5 --warmup 2
     python -m benchmarks.peers --quick --out /tmp/bench   # tiny smoke run
 
-A step is: forward, cross-entropy on the class logits, backward, AdamW step, on random inputs and labels. Each
+A step is: forward, cross-entropy on the class logits, backward, AdamW step, on random inputs and labels; on CUDA
+the forward runs under bf16 autocast, as the package's training loop runs there (fp32 on a CPU). Each
 implementation lives in its own subprocess (so that its peak memory is its own); they take turns step by step
 (``warmup`` rounds, then ``repeats`` timed rounds), so that all see the same machine load, and the median of each
 one's timed steps is reported. Ours uses its default attention dispatch (PyTorch SDPA on CPU, the
@@ -213,7 +214,8 @@ def train_step(impl: str, cfg: BenchConfig, device):
             torch.cuda.synchronize()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(forward(tokens), labels)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            loss = F.cross_entropy(forward(tokens), labels)
         loss.backward()
         optimizer.step()
         if cuda:
@@ -322,6 +324,9 @@ def measure_side_by_side(impls: list[str], cfg: BenchConfig, args) -> list[dict]
             # A short pause lets the previous worker's OpenMP threads stop spinning before the next one starts.
             time.sleep(0.1)
             reply = worker.request("step")
+            # Progress on stderr: a first step on a GPU includes compiling and autotuning, and can take minutes.
+            print(f"{worker.impl} batch {cfg.batch_size} step {round_ + 1}/{args.warmup + args.repeats}: "
+                  f"{'failed' if reply is None else f'{float(reply):.3f} s'}", file=sys.stderr, flush=True)
             if reply is not None and round_ >= args.warmup:
                 worker.times.append(float(reply))
     return [worker.result() for worker in workers]

@@ -1,7 +1,9 @@
-"""The kernel benchmark's tables and floors, and the compile check of the kernels for a GPU that is not here."""
+"""The kernel benchmark's tables and floors, the compile check of the kernels for a GPU that is not here, and the
+script that runs the GPU checks."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +56,16 @@ def test_forward_compiles_for_h100_with_pipelined_tensor_core_loops(tmp_path):
     registers, spill_bytes, pipelined, tensor_cores = int(cells[5]), int(cells[6]), cells[8], cells[9]
     assert spill_bytes == 0 and registers <= 255
     assert pipelined == "yes" and tensor_cores == "yes"
+
+
+def test_gpu_script_parses_and_names_what_exists():
+    script = ROOT / "benchmarks" / "gpu.sh"
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = script.read_text()
+    modules = re.findall(r'-m (benchmarks\.\w+)', text)
+    assert sorted(set(modules)) == ["benchmarks.kernels", "benchmarks.peers"]
+    for module in modules:
+        assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), module
+    for path in re.findall(r"tests/\w+\.py", text):
+        assert (ROOT / path).is_file(), path
