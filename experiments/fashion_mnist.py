@@ -2,7 +2,7 @@
 
 The shards are built from the Debian package ``dataset-fashion-mnist`` under ``--data`` when absent; the test split
 is the dataset's own 10,000 test images, never seen in training. Training mirrors half of each batch left to right
-(``--max-shift`` adds random shifts)::
+(``--max-shift`` adds random shifts, ``--occlusion`` cutout squares; neither helped, see docs/exps.md)::
 
     python -m experiments.fashion_mnist --out runs/fashion-mnist
     torchrun --nproc_per_node=2 -m experiments.fashion_mnist --out runs/fashion-mnist-ddp
@@ -19,6 +19,7 @@ from experiments.common import (FASHION_CLASSES, FASHION_MNIST, add_data_args, a
                                 train_on_shards)
 from perceiver import PerceiverIO
 from perceiver.adapters import ConvAdapter, PatchAdapter
+from perceiver.augment import occlude_and_add_noise
 from perceiver.data import make_loader
 from perceiver.training.distributed import all_reduce_sum
 from perceiver.training.plots import confusion_matrix
@@ -55,9 +56,14 @@ def main(argv: list[str] | None = None) -> dict:
     # (docs/exps.md).
     add_image_model_args(parser, max_shift=0, conv_channels=(32, 64, 64, 128), conv_strides=(1, 2, 1, 2))
     parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--occlusion", type=int, default=0,
+                        help="augmentation: side in pixels of a square, at a random place in every training image, "
+                             "replaced by uniform noise (cutout); 0: off")
     args = parser.parse_args(argv)
     check_args(parser, args)
     check_image_model_args(parser, args)
+    if not 0 <= args.occlusion <= 28:
+        parser.error(f"--occlusion: expected a side in pixels from 0 to 28, got {args.occlusion}")
 
     run = start_run(args, name=NAME)
     shards = ensure_shards(FASHION_MNIST, args.data, ("train", "test"), limit=args.limit, seed=args.seed)
@@ -66,7 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
     device = run.context.device
 
     def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        images = normalize_fashion(shift_and_flip_images(batch["image"], args.max_shift, args.flip))
+        images = shift_and_flip_images(batch["image"], args.max_shift, args.flip)
+        if args.occlusion:
+            images = occlude_and_add_noise(images, noise_std=0.0, occlusion=args.occlusion)
+        images = normalize_fashion(images)
         logits = model(images.to(device)).float()
         labels = batch["label"].to(device)
         loss = nn.functional.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)

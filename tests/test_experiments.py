@@ -48,7 +48,7 @@ def quiet_wandb(monkeypatch):
 
 def test_fashion_mnist_tiny_run(tmp_path, data):
     metrics, _ = run_experiment(fashion_mnist, tmp_path / "run", data, "--limit", "40", "--patch-size", "7",
-                                "--num-bands", "2")
+                                "--num-bands", "2", "--occlusion", "7")
     assert metrics["test_samples"] == 40 and 0.0 <= metrics["test_accuracy"] <= 1.0
     mirrored_hits = metrics["test_accuracy_with_mirror"] * 40  # a whole number of the 40 test images
     assert 0.0 <= mirrored_hits <= 40 and abs(mirrored_hits - round(mirrored_hits)) < 1e-6
@@ -137,7 +137,8 @@ def test_speed_averaged_log_probs_keep_each_clip_alone_or_padded_in_a_batch():
 @pytest.mark.parametrize("module, flags, named", [
     (spoken_digits, ["--eval-speeds", "1", "0"], "--eval-speeds"),
     (spoken_digits, ["--reverb", "1.5"], "--reverb"), (spoken_digits, ["--tilt", "1"], "--tilt"),
-    (spoken_digits, ["--speed", "0", "1"], "--speed"), (fashion_mnist, ["--max-shift", "-1"], "--max-shift")])
+    (spoken_digits, ["--speed", "0", "1"], "--speed"), (fashion_mnist, ["--max-shift", "-1"], "--max-shift"),
+    (fashion_mnist, ["--occlusion", "29"], "--occlusion")])
 def test_experiments_reject_bad_augmentation_flags_by_name(tmp_path, capsys, module, flags, named):
     with pytest.raises(SystemExit):
         module.main(["--out", str(tmp_path), *flags])
