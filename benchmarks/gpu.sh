@@ -21,7 +21,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
     date -u
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv
     "$PYTHON" - <<'EOF'
-import time, torch, triton
+import torch, triton
 print(f"torch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}, "
       f"{torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs")
 from triton.testing import do_bench
