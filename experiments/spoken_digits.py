@@ -65,8 +65,8 @@ INPUTS = ("time-frames", "patches", "conv")
 
 def build_adapter(args) -> SpectrogramAdapter | SpectrogramConvAdapter:
     spectrogram = dict(sample_rate=SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=args.n_mels, f_max=args.f_max,
-                       max_duration=args.max_duration, num_bands=args.num_bands, warp=args.warp,
-                       time_masks=args.time_masks, time_mask_frames=args.time_mask_frames,
+                       max_duration=args.max_duration, normalize=args.normalize, num_bands=args.num_bands,
+                       warp=args.warp, time_masks=args.time_masks, time_mask_frames=args.time_mask_frames,
                        freq_masks=args.freq_masks, freq_mask_bins=args.freq_mask_bins)
     if args.input == "conv":
         return SpectrogramConvAdapter(**spectrogram, conv="time", channels=[args.embed_channels] * 2,
@@ -130,6 +130,9 @@ def add_arguments(parser) -> None:
                        help="input adapter: full-band frame groups, time × frequency patches or a conv stem")
     model.add_argument("--n-mels", type=int, default=32, help="mel bins")
     model.add_argument("--f-max", type=float, default=4000.0, help="highest filterbank frequency in Hz")
+    model.add_argument("--normalize", choices=("utterance", "band"), default="utterance",
+                       help="standardise each clip's log-mel by one mean or by one mean per mel bin (cepstral mean "
+                            "normalisation, which removes a fixed colouring of the microphone or room)")
     model.add_argument("--max-duration", type=float, default=MAX_DURATION,
                        help="longer speech is cut, in seconds")
     model.add_argument("--speech-margin", type=float, default=SPEECH_MARGIN,

@@ -180,14 +180,16 @@ def test_patch_adapter_errors():
 # ---------------------------------------------------------------- spectrograms
 
 
-def reference_log_mel(waveform: np.ndarray, *, sample_rate, n_fft, hop, n_mels, scale, floor=1e-6):
-    """float64 log-mel of one waveform, frame by frame with numpy, normalised over all its frames."""
+def reference_log_mel(waveform: np.ndarray, *, sample_rate, n_fft, hop, n_mels, scale, floor=1e-6, band=False):
+    """float64 log-mel of one waveform, frame by frame with numpy, normalised over all its frames (``band``: less
+    each mel bin's own mean)."""
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
     frames = [waveform[s : s + n_fft] * window for s in range(0, len(waveform) - n_fft + 1, hop)]
     power = np.abs(np.fft.rfft(np.stack(frames), axis=-1)) ** 2
     fbank = mel_filterbank(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, mel_scale=scale).numpy()
     log_mel = np.log(power @ fbank + floor)
-    return (log_mel - log_mel.mean()) / np.sqrt(log_mel.var() + 1e-5)
+    centred = log_mel - (log_mel.mean(axis=0) if band else log_mel.mean())
+    return centred / np.sqrt((centred**2).mean() + 1e-5)
 
 
 @pytest.mark.parametrize("scale", ["htk", "slaney"])
@@ -217,6 +219,47 @@ def test_log_mel_matches_a_float64_reference():
         expected = reference_log_mel(waveform[b].numpy(), sample_rate=8000, n_fft=64, hop=32, n_mels=8, scale="slaney")
         torch.testing.assert_close(log_mel[b], torch.from_numpy(expected), atol=1e-9, rtol=1e-9)
     assert log_mel.shape == (2, (1000 - 64) // 32 + 1, 8) and not frame_pad.any()
+
+
+def test_band_normalisation_matches_a_float64_reference_and_removes_a_fixed_filter():
+    adapter = small_spectrogram_adapter(mel_scale="slaney", normalize="band").double()
+    waveform = torch.randn(1, 1000, dtype=torch.float64)
+    log_mel, _ = adapter.log_mel(waveform)
+    expected = reference_log_mel(waveform[0].numpy(), sample_rate=8000, n_fft=64, hop=32, n_mels=8, scale="slaney",
+                                 band=True)
+    torch.testing.assert_close(log_mel[0], torch.from_numpy(expected), atol=1e-9, rtol=1e-9)
+    assert log_mel[0].mean(dim=0).abs().max() < 1e-9  # every mel bin centred
+    # A microphone's colouring: a fixed gain per mel bin adds a constant to each bin of the log-mel, which "band"
+    # removes and one mean per utterance does not. Applied to the mel power directly, so the test needs no filter.
+    frontend = adapter.frontend
+    colour = torch.linspace(0.2, 5.0, 8, dtype=torch.float64)
+    plain = frontend.filterbank.clone()
+    frontend.filterbank = plain * colour
+    coloured, _ = adapter.log_mel(waveform)
+    torch.testing.assert_close(coloured, log_mel, atol=1e-6, rtol=1e-6)
+    frontend.normalize = "utterance"
+    utterance_coloured, _ = adapter.log_mel(waveform)
+    frontend.filterbank = plain
+    utterance_plain, _ = adapter.log_mel(waveform)
+    assert (utterance_coloured - utterance_plain).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("normalize", [True, "band"])
+def test_band_normalised_tokens_do_not_depend_on_padding(normalize):
+    adapter = small_spectrogram_adapter(normalize=normalize).double()
+    short = torch.randn(1, 750, dtype=torch.float64)
+    alone, _ = adapter(short)
+    batch = torch.cat([torch.cat([short, torch.full((1, 2250), 5.0, dtype=torch.float64)], 1),
+                       torch.randn(1, 3000, dtype=torch.float64)])
+    pad_mask = torch.zeros(2, 3000, dtype=torch.bool)
+    pad_mask[0, 750:] = True
+    padded, _ = adapter(batch, pad_mask)
+    torch.testing.assert_close(padded[0, :alone.shape[1]], alone[0], atol=1e-12, rtol=1e-12)
+
+
+def test_normalize_rejects_unknown_values():
+    with pytest.raises(ValueError, match=r"normalize: expected one of \(True, False, 'utterance', 'band'\), got 'bands'"):
+        small_spectrogram_adapter(normalize="bands")
 
 
 @pytest.mark.parametrize("positions", ["learned", "fourier"])

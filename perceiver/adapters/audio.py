@@ -57,15 +57,22 @@ def mel_filterbank(
     return torch.clamp(torch.minimum(rising, falling), min=0.0)
 
 
+# ``normalize``: True and "utterance" subtract one mean per sample, "band" one per mel bin; False leaves the log-mel.
+NORMALIZATIONS = (True, False, "utterance", "band")
+
+
 class LogMelSpectrogram(Pretrained, nn.Module):
     """Waveforms (B, T) at ``sample_rate`` → log-mel spectrogram (B, F, n_mels) and its frame pad mask (B, F).
 
     ``torch.stft`` with a periodic Hann window of ``n_fft`` samples, ``center=False`` (frame ``t`` covers samples
     ``[t * hop_length, t * hop_length + n_fft)``, so a frame never sees padding nor a reflection of it), power
     spectrum, mel filterbank (``mel_scale`` ``"htk"`` or ``"slaney"``, filters peaking at 1), then
-    ``log(mel + log_floor)``. With ``normalize`` each sample is standardised by the mean and standard deviation of its
-    own real frames. Frames that reach past a sample's real length are set to 0 and marked as padding, so a sample's
-    real frames are the same alone or padded in a batch.
+    ``log(mel + log_floor)``. With ``normalize`` (True or ``"utterance"``) each sample is standardised by the mean and
+    standard deviation of its own real frames; with ``"band"`` each mel bin's mean over the sample's real frames is
+    subtracted before the division (cepstral mean normalisation: a fixed filter on the way, a microphone's or a
+    room's colouring, adds a constant to each bin of the log spectrum, which this removes). Frames that reach past a
+    sample's real length are set to 0 and marked as padding, so a sample's real frames are the same alone or padded
+    in a batch.
 
     ``pad_mask`` is per waveform sample (B, T), True = padding, and must be trailing (real samples first). No trainable
     weights: the spectrogram front end of the spectrogram adapters.
@@ -83,13 +90,15 @@ class LogMelSpectrogram(Pretrained, nn.Module):
 
     def __init__(self, *, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, f_min: float = 0.0,
                  f_max: float | None = None, mel_scale: str = "htk", max_duration: float = 10.0,
-                 normalize: bool = True, log_floor: float = 1e-6, warp: float = 0.0, time_masks: int = 0,
+                 normalize: bool | str = True, log_floor: float = 1e-6, warp: float = 0.0, time_masks: int = 0,
                  time_mask_frames: int = 10, freq_masks: int = 0, freq_mask_bins: int = 4):
         super().__init__()
         self.config = capture_config(locals())
         max_samples = round(max_duration * sample_rate)
         if max_samples < n_fft:
             raise ValueError(f"max_duration: expected at least one frame ({n_fft} samples), got {max_samples} samples")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize: expected one of {NORMALIZATIONS}, got {normalize!r}")
         if not 0.0 <= warp < 1.0:
             raise ValueError(f"warp: expected a fraction in [0, 1) (factors 1 - warp to 1 + warp), got {warp}")
         for name, value in (("time_masks", time_masks), ("time_mask_frames", time_mask_frames),
@@ -160,14 +169,23 @@ class LogMelSpectrogram(Pretrained, nn.Module):
         log_mel = torch.log(mel + self.log_floor)
         frame_pad = pad_mask_from_lengths(self.num_frames(lengths), log_mel.shape[1])
         if self.normalize:
-            real = (~frame_pad)[:, :, None].to(log_mel.dtype)
-            count = real.sum(dim=(1, 2), keepdim=True).clamp(min=1) * self.n_mels
-            mean = (log_mel * real).sum(dim=(1, 2), keepdim=True) / count
-            variance = (((log_mel - mean) * real) ** 2).sum(dim=(1, 2), keepdim=True) / count
-            log_mel = (log_mel - mean) / torch.sqrt(variance + 1e-5)
+            log_mel = self._standardize(log_mel, frame_pad)
         if self.training and (self.time_masks or self.freq_masks):
             log_mel = log_mel.masked_fill(self._spec_augment_mask(self.num_frames(lengths), log_mel.shape[1]), 0.0)
         return log_mel.masked_fill(frame_pad[:, :, None], 0.0), frame_pad
+
+    def _standardize(self, log_mel: Tensor, frame_pad: Tensor) -> Tensor:
+        """Each sample's log-mel less its mean over its real frames (one mean, or with ``"band"`` one per mel bin),
+        divided by the standard deviation of what remains."""
+        real = (~frame_pad)[:, :, None].to(log_mel.dtype)
+        frames = real.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1, 1)
+        count = frames * self.n_mels
+        if self.normalize == "band":
+            mean = (log_mel * real).sum(dim=1, keepdim=True) / frames  # (B, 1, n_mels)
+        else:
+            mean = (log_mel * real).sum(dim=(1, 2), keepdim=True) / count
+        variance = (((log_mel - mean) * real) ** 2).sum(dim=(1, 2), keepdim=True) / count
+        return (log_mel - mean) / torch.sqrt(variance + 1e-5)
 
     def _warp(self, power: Tensor) -> Tensor:
         """Each sample's power (B, n_freqs, F) read at bin ``k / a`` up to the boundary ``k0 = 0.9 K min(a, 1)``
@@ -209,8 +227,8 @@ class SpectrogramAdapter(InputAdapter):
     Spectrogram: ``torch.stft`` with a periodic Hann window of ``n_fft`` samples, ``center=False`` (frame ``t``
     covers samples ``[t * hop_length, t * hop_length + n_fft)``, so a frame never sees padding nor a reflection of
     it), power spectrum, mel filterbank (``mel_scale`` ``"htk"`` or ``"slaney"``, filters peaking at 1), then
-    ``log(mel + log_floor)``. With ``normalize`` each sample is standardised by the mean and standard deviation of
-    its own real frames. Frames that reach past a sample's real length, and the frames added to fill the last time
+    ``log(mel + log_floor)``. With ``normalize`` each sample is standardised by the mean (``"band"``: each mel bin's
+    mean) and standard deviation of its own real frames. Frames that reach past a sample's real length, and the frames added to fill the last time
     patch, are set to 0, so a sample's real tokens are the same whether it is alone or padded in a batch.
 
     Patches: ``patch_size = (frames, mel bins)``; tokens are time-major (all mel patches of the first time patch,
@@ -232,7 +250,8 @@ class SpectrogramAdapter(InputAdapter):
         embed_channels: width of the linear patch embedding.
         positions: ``"fourier"`` (concatenated) or ``"learned"`` (added).
         num_bands: Fourier bands per dimension.
-        normalize: standardise each sample's log-mel over its real frames.
+        normalize: standardise each sample's log-mel over its real frames: True or ``"utterance"`` (one mean),
+            ``"band"`` (one mean per mel bin), False (off); see ``LogMelSpectrogram``.
         log_floor: added to the mel power before the log.
         warp, time_masks, time_mask_frames, freq_masks, freq_mask_bins: training-mode augmentation of the
             spectrogram (vocal tract length perturbation, SpecAugment masks); see ``LogMelSpectrogram``. Off by
@@ -254,7 +273,7 @@ class SpectrogramAdapter(InputAdapter):
         embed_channels: int = 256,
         positions: str = "fourier",
         num_bands: int = 32,
-        normalize: bool = True,
+        normalize: bool | str = True,
         log_floor: float = 1e-6,
         warp: float = 0.0,
         time_masks: int = 0,
@@ -348,7 +367,7 @@ class SpectrogramConvAdapter(InputAdapter):
         kernel_size: int = 3,
         positions: str = "fourier",
         num_bands: int = 32,
-        normalize: bool = True,
+        normalize: bool | str = True,
         log_floor: float = 1e-6,
         warp: float = 0.0,
         time_masks: int = 0,
