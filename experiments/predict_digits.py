@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from experiments.spoken_digits import (CLASSES, EVAL_SPEEDS, SPEECH_MARGIN, cut_to_speech,
-                                       speed_averaged_log_probs)
+                                       plain_and_speed_averaged_log_probs)
 from perceiver.config import load_model
 from perceiver.data.codecs import decode_audio
 from perceiver.data.collate import pad_sequences
@@ -88,8 +88,9 @@ def classify(model: torch.nn.Module, waveforms: list[torch.Tensor], *, speeds: t
     for start in tqdm(range(0, len(waveforms), batch_size), desc="recordings", unit="batch", disable=not progress):
         audio, pad_mask = pad_sequences([w.numpy() for w in waveforms[start:start + batch_size]], 0.0, torch.float32)
         audio, pad_mask = cut_to_speech(audio, pad_mask, max_samples=max_samples, speech_margin=speech_margin)
-        plain.append(model(audio, pad_mask).float().log_softmax(dim=-1))
-        averaged.append(speed_averaged_log_probs(model, audio, pad_mask, speeds=speeds, max_samples=max_samples))
+        scores = plain_and_speed_averaged_log_probs(model, audio, pad_mask, speeds=speeds, max_samples=max_samples)
+        plain.append(scores[0])
+        averaged.append(scores[1])
     empty = torch.empty(0, len(CLASSES))
     return torch.cat(plain) if plain else empty, torch.cat(averaged) if averaged else empty
 

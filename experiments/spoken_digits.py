@@ -9,7 +9,7 @@ flite, Festival and SAM, plus SVOX Pico and Asterisk's recorded digits. Three ev
 - ``real``: ten recordings of one human speaker (8 kHz telephone audio), never used to choose anything alone.
 
 Each reports its plain accuracy and, beside it, ``speed_averaged_accuracy``: every clip scored on its mean
-log-probabilities over the playback speeds of ``--eval-speeds`` (``speed_averaged_log_probs``).
+log-probabilities over the playback speeds of ``--eval-speeds`` (``plain_and_speed_averaged_log_probs``).
 
 Every clip, in training and evaluation alike, is cut to where it speaks (``perceiver.augment.crop_to_speech``), so
 long silences and tight trims reach the model alike; the log-mel spectrogram stops at ``--f-max`` (4 kHz, the band
@@ -106,21 +106,25 @@ def augment_waveforms(audio: torch.Tensor, pad_mask: torch.Tensor, args) -> tupl
     return audio, pad_mask
 
 
-def speed_averaged_log_probs(model: nn.Module, audio: torch.Tensor, pad_mask: torch.Tensor, *,
-                             speeds: tuple[float, ...], max_samples: int) -> torch.Tensor:
-    """Class log-probabilities (B, classes) averaged over the clips played at each of ``speeds``, each cut to
-    ``max_samples``: the test-time counterpart of the training's speed augmentation, so that one speaker's rate and
-    vocal tract length weigh less in a prediction. The clips are moved to the model's device after the resampling."""
+def plain_and_speed_averaged_log_probs(model: nn.Module, audio: torch.Tensor, pad_mask: torch.Tensor, *,
+                                       speeds: tuple[float, ...],
+                                       max_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class log-probabilities (B, classes) of the clips as they are, and averaged over the clips played at each of
+    ``speeds``, each cut to ``max_samples``: the test-time counterpart of the training's speed augmentation, so that
+    one speaker's rate and vocal tract length weigh less in a prediction. The clips as they are stand for speed 1
+    (scored once). The clips are moved to the model's device after the resampling."""
     device = next(model.parameters()).device
-    log_probs = []
-    for speed in speeds:
-        played, played_mask = (audio, pad_mask) if speed == 1.0 else change_speed(audio, pad_mask,
-                                                                                  speeds=(speed, speed))
-        played, played_mask = crop(played, played_mask, max_samples)
-        logits = model(played.to(device), played_mask.to(device))
-        log_probs.append(logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(dim=-1))
+
+    def log_probs(clips: torch.Tensor, clips_mask: torch.Tensor) -> torch.Tensor:
+        clips, clips_mask = crop(clips, clips_mask, max_samples)
+        logits = model(clips.to(device), clips_mask.to(device))
+        return logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(dim=-1)
+
+    plain = log_probs(audio, pad_mask)
+    per_speed = [plain if speed == 1.0 else log_probs(*change_speed(audio, pad_mask, speeds=(speed, speed)))
+                 for speed in speeds]
     # The mean of log-probabilities (a product of the speeds' distributions), normalised again.
-    return torch.stack(log_probs).mean(dim=0).log_softmax(dim=-1)
+    return plain, torch.stack(per_speed).mean(dim=0).log_softmax(dim=-1)
 
 
 def add_arguments(parser) -> None:
@@ -236,11 +240,11 @@ def main(argv: list[str] | None = None) -> dict:
         for batch in make_loader(shards[split], batch_size=100, mode="epoch", shuffle=False,
                                  num_workers=args.num_workers):
             audio, pad_mask = cut(batch["audio"], batch["audio_pad_mask"])
-            predictions = model(audio.to(device), pad_mask.to(device)).argmax(dim=1)
+            plain, averaged = plain_and_speed_averaged_log_probs(model, audio, pad_mask, speeds=args.eval_speeds,
+                                                                 max_samples=max_samples)
+            predictions = plain.argmax(dim=1)
             labels = batch["label"].to(device)
             counts += confusion_matrix(predictions, labels, num_classes=len(CLASSES))
-            averaged = speed_averaged_log_probs(model, audio, pad_mask, speeds=args.eval_speeds,
-                                                max_samples=max_samples)
             speed_hits += (averaged.argmax(dim=1) == labels).sum()
             engine_of = [meta["speech"] for meta in batch["meta"]]
             for name, engine_counts in per_engine.items():

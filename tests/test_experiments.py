@@ -123,15 +123,19 @@ def test_speed_averaged_log_probs_keep_each_clip_alone_or_padded_in_a_batch():
     pad_mask[0, 3500:] = True  # the first clip is shorter: padded in the batch
     audio[0, 3500:] = 123.0  # padding holds garbage that must not reach the prediction
     speeds = (0.85, 1.0, 1.15)
+    score = spoken_digits.plain_and_speed_averaged_log_probs
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
     with torch.no_grad():
-        batched = spoken_digits.speed_averaged_log_probs(model, audio, pad_mask, speeds=speeds, max_samples=max_samples)
-        alone = spoken_digits.speed_averaged_log_probs(model, audio[:1, :3500], pad_mask[:1, :3500], speeds=speeds,
-                                                       max_samples=max_samples)
-        plain = spoken_digits.speed_averaged_log_probs(model, audio, pad_mask, speeds=(1.0,), max_samples=max_samples)
+        plain, batched = score(model, audio, pad_mask, speeds=speeds, max_samples=max_samples)
+        assert len(calls) == len(speeds)  # the clips as they are, scored once for the plain and for speed 1
+        _, alone = score(model, audio[:1, :3500], pad_mask[:1, :3500], speeds=speeds, max_samples=max_samples)
+        plain_again, only_plain = score(model, audio, pad_mask, speeds=(1.0,), max_samples=max_samples)
         expected_plain = model(audio, pad_mask).log_softmax(dim=-1)
     assert batched.shape == (2, 10) and torch.allclose(batched.exp().sum(dim=-1), torch.ones(2, dtype=torch.float64))
     torch.testing.assert_close(alone[0], batched[0], rtol=0, atol=1e-10)
-    torch.testing.assert_close(plain, expected_plain, rtol=0, atol=1e-12)
+    for found in (plain, plain_again, only_plain):
+        torch.testing.assert_close(found, expected_plain, rtol=0, atol=1e-12)
     assert not torch.allclose(batched, plain, atol=1e-4)  # the other speeds change the prediction
 
 

@@ -22,7 +22,7 @@ def tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
     adapter = spoken_digits.build_adapter(argparse.Namespace(
         input="conv", n_mels=16, f_max=4000.0, max_duration=0.8, embed_channels=8, num_bands=2, conv_strides=(2, 2),
-        warp=0.0, time_masks=0, time_mask_frames=10, freq_masks=0, freq_mask_bins=4))
+        normalize="utterance", warp=0.0, time_masks=0, time_mask_frames=10, freq_masks=0, freq_mask_bins=4))
     return builders.classifier(adapter, num_classes=10, num_latents=4, num_latent_channels=16,
                                num_cross_attention_heads=1, num_self_attention_heads=2).eval()
 
@@ -63,10 +63,10 @@ def expected(model, path, *, speeds, margin):
     max_samples = model.input_adapter.max_samples
     audio, pad_mask = spoken_digits.cut_to_speech(audio, pad_mask, max_samples=max_samples, speech_margin=margin)
     with torch.no_grad():
-        plain = model(audio, pad_mask).log_softmax(dim=-1)[0]
-        averaged = spoken_digits.speed_averaged_log_probs(model, audio, pad_mask, speeds=speeds,
-                                                          max_samples=max_samples)[0]
-    return plain, averaged
+        plain, averaged = spoken_digits.plain_and_speed_averaged_log_probs(model, audio, pad_mask, speeds=speeds,
+                                                                           max_samples=max_samples)
+    torch.testing.assert_close(plain, model(audio, pad_mask).log_softmax(dim=-1), rtol=0, atol=0)
+    return plain[0], averaged[0]
 
 
 def test_predictions_match_the_experiments_scoring_of_each_file_alone(model_dir, recordings, tmp_path, capsys):
