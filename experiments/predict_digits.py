@@ -89,8 +89,8 @@ def classify(model: torch.nn.Module, waveforms: list[torch.Tensor], *, speeds: t
         audio, pad_mask = pad_sequences([w.numpy() for w in waveforms[start:start + batch_size]], 0.0, torch.float32)
         audio, pad_mask = cut_to_speech(audio, pad_mask, max_samples=max_samples, speech_margin=speech_margin)
         scores = plain_and_speed_averaged_log_probs(model, audio, pad_mask, speeds=speeds, max_samples=max_samples)
-        plain.append(scores[0])
-        averaged.append(scores[1])
+        plain.append(scores[0].cpu())
+        averaged.append(scores[1].cpu())
     empty = torch.empty(0, len(CLASSES))
     return torch.cat(plain) if plain else empty, torch.cat(averaged) if averaged else empty
 
@@ -121,6 +121,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"else {SPEECH_MARGIN})")
     parser.add_argument("--batch-size", type=int, default=32, help="recordings scored at once")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the free cores)")
+    parser.add_argument("--device", default=None, help="where the model runs (default: cuda if present, else cpu)")
     parser.add_argument("--json", type=Path, default=None, help="also write every prediction to this JSON file")
     args = parser.parse_args(argv)
     if args.speeds is not None and min(args.speeds) <= 0:
@@ -129,13 +130,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--speech-margin: expected seconds >= 0, got {args.speech_margin}")
     if args.batch_size < 1:
         parser.error(f"--batch-size: expected an int >= 1, got {args.batch_size}")
+    try:
+        args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as error:
+        parser.error(f"--device: expected a device such as cpu, cuda or cuda:1, got {args.device!r} ({error})")
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device: {args.device} asked for, but torch sees no CUDA device here")
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     set_threads(args.threads)
-    model = load_model(args.model).eval()
+    model = load_model(args.model).eval().to(args.device)
     frontend = getattr(getattr(model, "input_adapter", None), "frontend", None)
     if frontend is None or "sample_rate" not in getattr(frontend, "config", {}):
         raise ValueError(f"model: expected a spoken-digits model (an audio input adapter) in {args.model}, "

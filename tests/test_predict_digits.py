@@ -72,7 +72,7 @@ def expected(model, path, *, speeds, margin):
 def test_predictions_match_the_experiments_scoring_of_each_file_alone(model_dir, recordings, tmp_path, capsys):
     out = tmp_path / "predictions.json"
     result = predict_digits.main([str(model_dir), str(recordings), "--speeds", *map(str, SPEEDS), "--batch-size",
-                                  "3", "--json", str(out), "--threads", "1"])
+                                  "3", "--json", str(out), "--threads", "1", "--device", "cpu"])
     assert json.loads(out.read_text()) == result
     files = sorted(p for p in recordings.rglob("*") if p.suffix in (".wav", ".flac"))
     assert [p["file"] for p in result["predictions"]] == [str(p) for p in files]  # the text file is not audio
@@ -145,7 +145,8 @@ def test_bad_input_gets_errors_that_name_it(model_dir, recordings, tmp_path, cap
     with pytest.raises(ValueError, match="model: expected a spoken-digits model .* got a PatchAdapter"):
         predict_digits.main([str(tmp_path / "image-model"), str(recordings)])
     for flags, named in ((["--speeds", "1", "0"], "--speeds"), (["--speech-margin", "-1"], "--speech-margin"),
-                         (["--batch-size", "0"], "--batch-size")):
+                         (["--batch-size", "0"], "--batch-size"), (["--device", "gpu7"], "--device"),
+                         *([(["--device", "cuda"], "--device")] if not torch.cuda.is_available() else [])):
         with pytest.raises(SystemExit):
             predict_digits.main([str(model_dir), str(recordings), *flags])
         assert named in capsys.readouterr().err
