@@ -196,13 +196,19 @@ def check_arguments(parser, args) -> None:
                      f"{tuple(args.speed)}")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The experiment's flags, checked (``argv`` None: the command line)."""
     parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
         max_steps=3000, batch_size=64, lr=2e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
         num_self_attention_heads=4, num_self_attention_layers=4, eval_every=1000, checkpoint_every=500))
     add_arguments(parser)
     args = parser.parse_args(argv)
     check_arguments(parser, args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_arguments(argv)
 
     run = start_run(args, name=NAME)
     shards = ensure_shards(DATASET, args.data, ("train",) + tuple(split for split, _ in EVALUATIONS),

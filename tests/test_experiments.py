@@ -97,12 +97,11 @@ def test_spoken_digits_trains_on_chosen_engines_with_time_frames_and_no_augmenta
 
 def test_spoken_digits_input_flag_swaps_the_adapter():
     # 1.2 s at 16 kHz: 118 frames (n_fft 400, hop 160); 30 time patches of 4 frames, 30 conv cells at stride 4.
-    base = dict(patch_frames=4, patch_mels=8, n_mels=32, f_max=4000.0, max_duration=1.2, embed_channels=8,
-                num_bands=2, conv_strides=(2, 2), normalize="band", warp=0.1, time_masks=2, time_mask_frames=10,
-                freq_masks=2, freq_mask_bins=4)
+    flags = ["--embed-channels", "8", "--num-bands", "2", "--normalize", "band", "--warp", "0.1", "--time-masks", "2",
+             "--freq-masks", "2"]
     audio, pad_mask = torch.randn(2, 19200), torch.zeros(2, 19200, dtype=torch.bool)
     for name, tokens in (("patches", 30 * 4), ("time-frames", 30), ("conv", 30)):
-        adapter = spoken_digits.build_adapter(argparse.Namespace(input=name, **base)).eval()
+        adapter = spoken_digits.build_adapter(spoken_digits.parse_arguments(["--input", name, *flags])).eval()
         assert adapter.config["warp"] == 0.1 and adapter.config["time_masks"] == 2
         assert adapter.config["normalize"] == "band"
         out, out_mask = adapter(audio, pad_mask)
@@ -110,11 +109,9 @@ def test_spoken_digits_input_flag_swaps_the_adapter():
 
 
 def test_speed_averaged_log_probs_keep_each_clip_alone_or_padded_in_a_batch():
-    base = dict(patch_frames=4, patch_mels=8, n_mels=16, f_max=4000.0, max_duration=0.4, embed_channels=8,
-                num_bands=2, conv_strides=(2, 2), normalize="utterance", warp=0.0, time_masks=0,
-                time_mask_frames=10, freq_masks=0, freq_mask_bins=4)
     torch.manual_seed(0)
-    adapter = spoken_digits.build_adapter(argparse.Namespace(input="conv", **base))
+    adapter = spoken_digits.build_adapter(spoken_digits.parse_arguments(
+        ["--n-mels", "16", "--max-duration", "0.4", "--embed-channels", "8", "--num-bands", "2"]))
     model = builders.classifier(adapter, num_classes=10, num_latents=4, num_latent_channels=16,
                                 num_cross_attention_heads=1, num_self_attention_heads=2).double().eval()
     max_samples = 6400

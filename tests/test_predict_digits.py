@@ -1,7 +1,6 @@
 """experiments.predict_digits: a saved spoken-digits model names the digits in audio files as the experiment's
 evaluation scores them (cut to speech, log-probabilities averaged over playback speeds), with clear errors."""
 
-import argparse
 import json
 
 import numpy as np
@@ -20,9 +19,8 @@ SPEEDS = (0.9, 1.0, 1.1)
 
 def tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    adapter = spoken_digits.build_adapter(argparse.Namespace(
-        input="conv", n_mels=16, f_max=4000.0, max_duration=0.8, embed_channels=8, num_bands=2, conv_strides=(2, 2),
-        normalize="utterance", warp=0.0, time_masks=0, time_mask_frames=10, freq_masks=0, freq_mask_bins=4))
+    adapter = spoken_digits.build_adapter(spoken_digits.parse_arguments(
+        ["--n-mels", "16", "--max-duration", "0.8", "--embed-channels", "8", "--num-bands", "2"]))
     return builders.classifier(adapter, num_classes=10, num_latents=4, num_latent_channels=16,
                                num_cross_attention_heads=1, num_self_attention_heads=2).eval()
 
