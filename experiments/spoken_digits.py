@@ -136,7 +136,8 @@ def add_arguments(parser) -> None:
     model.add_argument("--f-max", type=float, default=4000.0, help="highest filterbank frequency in Hz")
     model.add_argument("--normalize", choices=("utterance", "band"), default="utterance",
                        help="standardise each clip's log-mel by one mean or by one mean per mel bin (cepstral mean "
-                            "normalisation, which removes a fixed colouring of the microphone or room)")
+                            "normalisation, which removes a fixed colouring of the microphone or room; behind on the "
+                            "held-out engine and the real recordings in two seeds, docs/exps.md)")
     model.add_argument("--max-duration", type=float, default=MAX_DURATION,
                        help="longer speech is cut, in seconds")
     model.add_argument("--speech-margin", type=float, default=SPEECH_MARGIN,
