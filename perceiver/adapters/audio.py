@@ -228,8 +228,9 @@ class SpectrogramAdapter(InputAdapter):
     covers samples ``[t * hop_length, t * hop_length + n_fft)``, so a frame never sees padding nor a reflection of
     it), power spectrum, mel filterbank (``mel_scale`` ``"htk"`` or ``"slaney"``, filters peaking at 1), then
     ``log(mel + log_floor)``. With ``normalize`` each sample is standardised by the mean (``"band"``: each mel bin's
-    mean) and standard deviation of its own real frames. Frames that reach past a sample's real length, and the frames added to fill the last time
-    patch, are set to 0, so a sample's real tokens are the same whether it is alone or padded in a batch.
+    mean) and standard deviation of its own real frames. Frames that reach past a sample's real length, and the
+    frames added to fill the last time patch, are set to 0, so a sample's real tokens are the same whether it is
+    alone or padded in a batch.
 
     Patches: ``patch_size = (frames, mel bins)``; tokens are time-major (all mel patches of the first time patch,
     then the next). A patch is padding when all its frames are beyond the sample's length. Positions are absolute
