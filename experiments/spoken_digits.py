@@ -154,7 +154,8 @@ def add_arguments(parser) -> None:
                       help="train on the utterances of these engines only")
     data.add_argument("--speed", type=float, nargs=2, default=(0.85, 1.15), metavar=("LOW", "HIGH"),
                       help="range of the playback speed factor (1 1 = off)")
-    data.add_argument("--gain-tilt", action=argparse.BooleanOptionalAction, default=True, help="random level and spectral tilt")
+    data.add_argument("--gain-tilt", action=argparse.BooleanOptionalAction, default=True,
+                      help="random level and spectral tilt")
     data.add_argument("--tilt", type=float, default=0.6, help="largest |a| of the tilt filter x[t] - a x[t-1]")
     data.add_argument("--reverb", type=float, default=0.5, help="fraction of clips played in a synthetic room")
     data.add_argument("--rt60", type=float, nargs=2, default=(0.1, 0.7), metavar=("LOW", "HIGH"),

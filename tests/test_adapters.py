@@ -258,7 +258,8 @@ def test_band_normalised_tokens_do_not_depend_on_padding(normalize):
 
 
 def test_normalize_rejects_unknown_values():
-    with pytest.raises(ValueError, match=r"normalize: expected one of \(True, False, 'utterance', 'band'\), got 'bands'"):
+    expected = r"normalize: expected one of \(True, False, 'utterance', 'band'\), got 'bands'"
+    with pytest.raises(ValueError, match=expected):
         small_spectrogram_adapter(normalize="bands")
 
 

@@ -347,8 +347,9 @@ class SpectrogramConvAdapter(InputAdapter):
     a sample's real tokens are the same alone or padded in a batch, whatever its length.
 
     Args: the spectrogram's (``sample_rate`` … ``max_duration``, ``normalize``, ``log_floor`` and the training-mode
-    augmentation ``warp`` … ``freq_mask_bins``, as in ``SpectrogramAdapter``), then ``conv``, the stem's ``channels``, ``strides`` and ``kernel_size``, and the
-    ``positions`` (``"fourier"``, concatenated, or ``"learned"``, added) with ``num_bands`` per dimension.
+    augmentation ``warp`` … ``freq_mask_bins``, as in ``SpectrogramAdapter``), then ``conv``, the stem's
+    ``channels``, ``strides`` and ``kernel_size``, and the ``positions`` (``"fourier"``, concatenated, or
+    ``"learned"``, added) with ``num_bands`` per dimension.
     """
 
     def __init__(
