@@ -465,8 +465,13 @@ def check_av_adapter_args(parser: argparse.ArgumentParser, args: argparse.Namesp
             parser.error(f"--{flag.replace('_', '-')}: expected a positive int, got {getattr(args, flag)}")
     if getattr(args, "image_noise", 0.0) < 0:
         parser.error(f"--image-noise: expected a standard deviation >= 0, got {args.image_noise}")
-    if not 0 <= getattr(args, "occlusion", 0) <= MNIST_SIZE:
-        parser.error(f"--occlusion: expected a side in [0, {MNIST_SIZE}] pixels, got {args.occlusion}")
+    check_occlusion(parser, getattr(args, "occlusion", 0))
+
+
+def check_occlusion(parser: argparse.ArgumentParser, occlusion: int) -> None:
+    """``--occlusion``, the side of a square on a 28×28 image: 0 (none) to the whole image."""
+    if not 0 <= occlusion <= MNIST_SIZE:
+        parser.error(f"--occlusion: expected a side in [0, {MNIST_SIZE}] pixels, got {occlusion}")
 
 
 def av_image_adapter(args: argparse.Namespace) -> PatchAdapter:

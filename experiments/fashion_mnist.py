@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from experiments.common import (FASHION_CLASSES, FASHION_MNIST, add_data_args, add_image_model_args, build_parser,
-                                check_args, check_image_model_args, classifier, confusion_metrics, ensure_shards,
-                                normalize_fashion, per_rank_seed, run_summary, shift_and_flip_images, start_run,
-                                train_on_shards)
+                                check_args, check_image_model_args, check_occlusion, classifier, confusion_metrics,
+                                ensure_shards, normalize_fashion, per_rank_seed, run_summary, shift_and_flip_images,
+                                start_run, train_on_shards)
 from perceiver import PerceiverIO
 from perceiver.adapters import ConvAdapter, PatchAdapter
 from perceiver.augment import occlude_and_add_noise
@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     check_args(parser, args)
     check_image_model_args(parser, args)
-    if not 0 <= args.occlusion <= 28:
-        parser.error(f"--occlusion: expected a side in pixels from 0 to 28, got {args.occlusion}")
+    check_occlusion(parser, args.occlusion)
 
     run = start_run(args, name=NAME)
     shards = ensure_shards(FASHION_MNIST, args.data, ("train", "test"), limit=args.limit, seed=args.seed)
