@@ -16,6 +16,7 @@ untrained) is the baseline; the probe on the raw pixels is a reference::
 
 from __future__ import annotations
 
+import argparse
 from functools import partial
 
 import torch
@@ -135,7 +136,8 @@ def reconstruction_figure(model: PerceiverIO, images: Tensor, hidden_index: Tens
                               "reconstruction": adapter.unpatchify(pasted)})
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The experiment's flags, checked (``argv`` None: the command line)."""
     parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
         max_steps=800, batch_size=128, lr=1e-3, weight_decay=0.05, num_latents=32, num_latent_channels=128,
         num_cross_attention_heads=4, num_self_attention_heads=4, num_self_attention_layers=4, eval_every=400,
@@ -155,6 +157,11 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--mask-ratio: expected a fraction in (0, 1), e.g. 0.5 to 0.75, got {args.mask_ratio}")
     if args.probe_train_samples < 1:
         parser.error(f"--probe-train-samples: expected a positive int, got {args.probe_train_samples}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_arguments(argv)
 
     run = start_run(args, name=NAME)
     shards = ensure_shards(FASHION_MNIST, args.data, ("train", "test"), limit=args.limit, seed=args.seed)
