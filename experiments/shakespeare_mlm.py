@@ -25,6 +25,7 @@ same for a unigram baseline (byte frequencies of the training split) on the very
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import torch
@@ -136,7 +137,8 @@ def byte_counts(shards, *, num_workers: int) -> torch.Tensor:
     return all_reduce_sum(counts)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The experiment's flags, checked (``argv`` None: the command line)."""
     parser = build_parser(__doc__.splitlines()[0], name=NAME, defaults=dict(
         max_steps=20_000, max_minutes=28.0, batch_size=64, lr=2e-3, weight_decay=0.05, num_latents=32,
         num_latent_channels=128,
@@ -170,6 +172,11 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--span: expected an int in [1, --window={args.window}], got {args.span}")
     if args.query_context < -1:
         parser.error(f"--query-context: expected an int >= -1, got {args.query_context}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_arguments(argv)
 
     run = start_run(args, name=NAME)
     shards = ensure_shards(DATASET, args.data, ("train", "test"), limit=args.limit, seed=args.seed)

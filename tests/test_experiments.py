@@ -4,7 +4,6 @@ Also the pieces of the experiments that carry their own logic: the spoken-digit 
 the masked-byte windows, corruption and scores (the augmentations themselves are tested in test_augment.py).
 """
 
-import argparse
 import json
 import math
 
@@ -248,10 +247,10 @@ def test_chosen_index_lists_each_rows_chosen_positions():
 
 
 def test_only_the_masked_positions_are_decoded_with_the_same_logits():
-    namespace = argparse.Namespace(window=32, embed_channels=16, positions="learned", num_bands=4, num_latents=4,
-                                   num_latent_channels=16, num_cross_attention_heads=1, num_self_attention_heads=2,
-                                   num_self_attention_layers=1, num_self_attention_blocks=1, dropout=0.0,
-                                   widening_factor=2, init_scale=None, query_context=2)
+    namespace = shakespeare_mlm.parse_arguments([
+        "--window", "32", "--embed-channels", "16", "--positions", "learned", "--num-bands", "4", "--num-latents", "4",
+        "--num-latent-channels", "16", "--num-cross-attention-heads", "1", "--num-self-attention-heads", "2",
+        "--num-self-attention-layers", "1", "--query-context", "2"])
     model = shakespeare_mlm.build_model(namespace).eval()
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 256, (3, 32), generator=generator)
