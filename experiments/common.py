@@ -371,17 +371,21 @@ FASHION_MEAN, FASHION_STD = 0.286, 0.353  # of the training images' pixels
 IMAGE_INPUTS = ("conv", "patches")
 
 
-def add_image_model_args(parser: argparse.ArgumentParser, *, max_shift: int = 2,
-                         conv_channels: tuple[int, ...] = (32, 64, 128), conv_strides: tuple[int, ...] = (1, 2, 2)
-                         ) -> None:
+def add_image_model_args(parser: argparse.ArgumentParser, *, inputs: tuple[str, ...] = IMAGE_INPUTS,
+                         max_shift: int = 2, conv_channels: tuple[int, ...] = (32, 64, 128),
+                         conv_strides: tuple[int, ...] = (1, 2, 2)) -> None:
     """The input adapter's, model's and augmentation's flags, shared by the experiments on Fashion-MNIST images;
-    ``max_shift``, ``conv_channels`` and ``conv_strides`` are the experiment's defaults for their flags."""
-    parser.add_argument("--input", choices=IMAGE_INPUTS, default="conv",
-                        help="input adapter: a convolutional stem (ConvAdapter) or linear patch embeddings (PatchAdapter)")
-    parser.add_argument("--conv-channels", type=int, nargs="+", default=list(conv_channels),
-                        help="conv input: output channels of each 3×3 convolution")
-    parser.add_argument("--conv-strides", type=int, nargs="+", default=list(conv_strides),
-                        help="conv input: stride of each convolution (their product divides 28)")
+    ``inputs`` are the input adapters the experiment builds (the first is the default; the conv flags exist only
+    where ``"conv"`` is one of them), and ``max_shift``, ``conv_channels`` and ``conv_strides`` are the experiment's
+    defaults for their flags."""
+    described = {"conv": "a convolutional stem (ConvAdapter)", "patches": "linear patch embeddings (PatchAdapter)"}
+    parser.add_argument("--input", choices=inputs, default=inputs[0],
+                        help="input adapter: " + " or ".join(described[name] for name in inputs))
+    if "conv" in inputs:
+        parser.add_argument("--conv-channels", type=int, nargs="+", default=list(conv_channels),
+                            help="conv input: output channels of each 3×3 convolution")
+        parser.add_argument("--conv-strides", type=int, nargs="+", default=list(conv_strides),
+                            help="conv input: stride of each convolution (their product divides 28)")
     parser.add_argument("--patch-size", type=int, default=4, help="patch input: side of the square patches (divides 28)")
     parser.add_argument("--embed-channels", type=int, default=128, help="patch input: width of the patch embedding")
     parser.add_argument("--num-bands", type=int, default=8, help="Fourier frequency bands per image axis")

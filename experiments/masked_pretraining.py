@@ -145,7 +145,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     add_data_args(parser, "fashion-mnist")
     # MAE hides 75%; at 800 steps on Fashion-MNIST half made the better probe (80.0% against 79.0%, docs/multimodal.md).
     parser.add_argument("--mask-ratio", type=float, default=0.5, help="fraction of patches hidden from the encoder")
-    add_image_model_args(parser)
+    add_image_model_args(parser, inputs=("patches",))  # it hides patches: a conv stem would mix them
     parser.add_argument("--probe-train-samples", type=int, default=10000, help="training images the probe is fitted on")
     parser.add_argument("--probe-weight-decay", type=float, default=1e-3, help="L2 penalty of the linear probe")
     parser.add_argument("--probe-iterations", type=int, default=500, help="L-BFGS iterations of the linear probe")

@@ -73,6 +73,15 @@ def test_num_hidden_keeps_one_patch_visible():
     assert masked_pretraining.num_hidden(model, 0.99) == 15 and masked_pretraining.num_hidden(model, 0.01) == 1
 
 
+def test_flags_of_a_stem_it_cannot_use_are_refused(capsys):
+    """It hides patches, so it reads patch embeddings only: conv flags would be silently ignored, so none exist."""
+    assert masked_pretraining.parse_arguments(TINY_FLAGS).input == "patches"
+    for flags, named in ((["--input", "conv"], "--input"), (["--conv-channels", "16", "32"], "--conv-channels")):
+        with pytest.raises(SystemExit):
+            masked_pretraining.parse_arguments(TINY_FLAGS + flags)
+        assert named in capsys.readouterr().err
+
+
 def test_random_baseline_has_the_pretrained_models_initial_weights():
     args = masked_pretraining.parse_arguments(TINY_FLAGS)
     seed_everything(3)
