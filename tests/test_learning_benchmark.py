@@ -60,3 +60,35 @@ def test_report_names_the_augmentation_and_rejects_negative_shifts(capsys):
     with pytest.raises(SystemExit):
         main(["--max-shift", "-1"])
     assert "--max-shift" in capsys.readouterr().err
+
+
+def test_a_slot_no_model_is_left_to_fill_runs_ballast_until_the_last_model_ends(monkeypatch):
+    import benchmarks.learning as learning
+
+    seconds = {"a": 0.2, "b": 3.0, "c": 0.5}  # a and b start; c takes a's slot and ends; b finishes alone
+    started = []
+
+    def fake_worker(name, recipe, data):
+        script = f"import json, time; time.sleep({seconds[name]}); print(json.dumps({{'model': {name!r}}}))"
+        return [sys.executable, "-c", script]
+
+    real_popen = subprocess.Popen
+
+    def recording_popen(command, **kwargs):
+        process = real_popen(command, **kwargs)
+        started.append((command, process))
+        return process
+
+    monkeypatch.setattr(learning, "worker_command", fake_worker)
+    monkeypatch.setattr(learning.subprocess, "Popen", recording_popen)
+    results = learning.run_all(["a", "b", "c"], learning.Recipe(minutes=1, evals=1), Path("unused"), parallel=2)
+    assert [r["model"] for r in results] == ["a", "b", "c"]
+    assert [r["ballast"] for r in results] == [False, True, False]
+    loads = [process for command, process in started if command == learning.ballast_command()]
+    assert len(loads) == 1 and loads[0].poll() is not None  # started once, stopped with the last model
+
+    started.clear()
+    results = learning.run_all(["a", "b", "c"], learning.Recipe(minutes=1, evals=1), Path("unused"), parallel=2,
+                               ballast=False)
+    assert [r["ballast"] for r in results] == [False, False, False]
+    assert all(command != learning.ballast_command() for command, _ in started)
