@@ -1,10 +1,12 @@
-"""The learning benchmark's quick mode runs every model end to end and writes its table, JSON and plot."""
+"""The learning benchmark: its quick mode runs every model end to end and writes its table, JSON and plot; its
+scheduler fills idle slots with ballast; its report."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,17 @@ def test_a_slot_no_model_is_left_to_fill_runs_ballast_until_the_last_model_ends(
                                ballast=False)
     assert [r["ballast"] for r in results] == [False, False, False]
     assert all(command != learning.ballast_command() for command, _ in started)
+
+
+def test_report_gives_margins_to_two_decimals_so_a_near_miss_does_not_round_onto_the_target():
+    from benchmarks.learning import Recipe, markdown, summarize
+
+    results = [dict(model=name, parameters=1, steps=1, images_per_second=1.0, accuracy=accuracy,
+                    curve=[dict(seconds=1.0, steps=1, accuracy=accuracy)], ballast=name == "cnn")
+               for name, accuracy in (("ours", 0.9151), ("hf-conv", 0.8807), ("cnn", 0.9254))]
+    report = dict(command="c", date="d", machine="m", matmul_gflops=90.0, versions={}, load_before=[0.0],
+                  load_after=[0.0], recipe=asdict(Recipe(minutes=1, evals=1)), results=results,
+                  summary=summarize(results))
+    table = markdown(report)
+    assert "CNN 92.54% (ours -1.03 points)" in table and "(ours +3.44 points)" in table
+    assert "cnn: beside a ballast load" in table
