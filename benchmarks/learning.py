@@ -273,9 +273,10 @@ def train_one(name: str, recipe: Recipe, data: Path) -> dict:
 # --- the run: workers side by side, the report ----------------------------------------------------------------------
 
 
-# A one-thread loop of matrix products, run in a slot that no model fills (the last model of an odd count runs with
-# the other core free otherwise): a process alone on this machine steps faster than one beside another model (the CNN
-# made 9,979 steps alone against 6,255-6,577 beside ours), so every model should share the machine alike.
+# A one-thread loop of matrix products, run in a slot that no model fills (with an odd count of models the last one
+# would otherwise train with the other core idle), so that every model shares the machine as the others do, by
+# construction. Whether a lone model runs faster here was not settled by measuring: the CNN made 9,979 steps alone in
+# one run and 11,454 beside the ballast in another (benchmarks/results/learning-10min-alone and learning.md).
 BALLAST = "import torch\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\nwhile True:\n    a = torch.tanh(a @ a)\n"
 
 
