@@ -108,3 +108,16 @@ def test_report_gives_margins_to_two_decimals_so_a_near_miss_does_not_round_onto
     table = markdown(report)
     assert "CNN 92.54% (ours -1.03 points)" in table and "(ours +3.44 points)" in table
     assert "cnn: beside a ballast load" in table
+
+
+def test_a_run_of_ours_and_the_cnn_alone_still_reports_their_margin():
+    from benchmarks.learning import summarize
+
+    def result(name, accuracy):
+        return dict(model=name, accuracy=accuracy)
+
+    assert summarize([result("ours", 0.91), result("cnn", 0.925)]) == pytest.approx(
+        dict(ours=0.91, cnn=0.925, margin_over_cnn=-1.5))
+    assert "best_peer" not in summarize([result("ours", 0.91), result("cnn", 0.925)])
+    assert summarize([result("ours", 0.9), result("hf-conv", 0.88)])["margin_over_peer"] == pytest.approx(2.0)
+    assert summarize([result("cnn", 0.92)]) is None
