@@ -1,5 +1,6 @@
 """Training utilities: schedule, clipping, LAMB, atomic checkpoints, exact resume, DDP, the demo experiment, wandb."""
 
+import gc
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+import weakref
 from pathlib import Path
 
 import pytest
@@ -430,7 +432,11 @@ def _ddp_worker(rank: int, port: int, out_dir: str, combined: dict) -> None:
                    loss_fn=classification_loss, device=context.device)
     if context.is_main:
         torch.save(result.losses, Path(out_dir) / "losses.pt")
+    group = weakref.ref(torch.distributed.distributed_c10d._get_default_group())
     cleanup_distributed()
+    gc.collect()
+    # a group that outlives cleanup keeps its gloo threads until interpreter shutdown, where they can abort the rank
+    assert group() is None, "the default process group outlived cleanup_distributed"
 
 
 # Adam's first step is about lr · sign(g); an eps well above fp32 rounding in tiny gradients keeps that step from

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -37,6 +38,12 @@ def setup_distributed(*, device: str | None = None) -> DistributedContext:
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
     if world_size > 1 and not dist.is_initialized():
+        # Imported before the group exists, on purpose: its functions take ``group=group.WORLD`` as a default
+        # argument, evaluated once at import, and DDP imports it. Imported after ``init_process_group`` those
+        # defaults keep the default group alive past ``destroy_process_group``, with its gloo threads, until the
+        # interpreter shuts down: measured here (a weak reference to the group stayed alive after DDP, cleanup and
+        # gc), and the likely source of a rare abort at exit ("terminate called without an active exception").
+        importlib.import_module("torch.distributed.nn.functional")
         dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
 
