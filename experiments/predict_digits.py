@@ -73,9 +73,12 @@ def read_recording(path: Path, sample_rate: int, min_samples: int) -> torch.Tens
 
 def run_settings(model_dir: Path) -> dict:
     """The flags of the run that trained a model (``--speech-margin``, ``--eval-speeds``, ...), from the checkpoint
-    of the run folder it sits in; empty for a model moved out of its run folder."""
-    checkpoint = model_dir.parent / LATEST
-    return load_checkpoint(checkpoint).get("run_config", {}) if checkpoint.is_file() else {}
+    of the run folder it sits in (an ensemble's: its first member's run, ``member-0``); empty for a model moved out
+    of its run folder."""
+    for checkpoint in (model_dir.parent / LATEST, model_dir.parent / "member-0" / LATEST):
+        if checkpoint.is_file():
+            return load_checkpoint(checkpoint).get("run_config", {})
+    return {}
 
 
 @torch.no_grad()

@@ -20,10 +20,14 @@ and SpecAugment masks to the spectrogram (``LogMelSpectrogram``'s options, activ
 default, as they slowed learning in a short probe and ended behind in two full runs, docs/exps.md). ``--input``
 picks the adapter: two 1-D convolutions over time with the mel bins as channels, one token per 4 frames (``conv``,
 ``SpectrogramConvAdapter``, the default: ahead of the others in a side-by-side probe), one linear token per 4
-full-band frames (``time-frames``), or time × frequency tiles (``patches``)::
+full-band frames (``time-frames``), or time × frequency tiles (``patches``). ``--members N`` trains N models one after
+another (seeds ``--seed`` to ``--seed`` + N − 1, each a run of its own in ``OUT/member-k``) and scores the mean of
+their log-probabilities as one model (``perceiver.ensemble.EnsembleClassifier``, saved in ``OUT/model``, which
+``experiments.predict_digits`` reads as it reads one model)::
 
     python -m experiments.spoken_digits --out runs/spoken-digits
     python -m experiments.spoken_digits --out runs/spoken-digits-frames --input time-frames
+    python -m experiments.spoken_digits --out runs/spoken-digits-pair --members 2
     torchrun --nproc_per_node=2 -m experiments.spoken_digits --out runs/spoken-digits-ddp
 """
 
@@ -31,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,7 +47,9 @@ from perceiver import PerceiverIO
 from perceiver.adapters import SpectrogramAdapter, SpectrogramConvAdapter
 from perceiver.augment import (NOISE_COLORS, add_noise, change_speed, crop, crop_to_speech, delay, gain_and_tilt,
                                reverberate, telephone_band)
+from perceiver.config import load_model
 from perceiver.data import make_loader
+from perceiver.ensemble import EnsembleClassifier
 from perceiver.files import atomic_write_text
 from perceiver.training.distributed import all_reduce_sum
 from perceiver.training.plots import confusion_matrix
@@ -173,6 +181,9 @@ def add_arguments(parser) -> None:
     data.add_argument("--freq-masks", type=int, default=0, help="SpecAugment frequency masks per clip")
     data.add_argument("--freq-mask-bins", type=int, default=4, help="widest frequency mask in mel bins")
     evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument("--members", type=int, default=1,
+                            help="train this many models, the k-th with --seed + k in OUT/member-k, and score the mean "
+                                 "of their log-probabilities (perceiver.ensemble.EnsembleClassifier, saved in OUT/model)")
     evaluation.add_argument("--eval-speeds", type=float, nargs="+", default=EVAL_SPEEDS,
                             help="each evaluation also scores every clip on its mean log-probabilities over these "
                                  "playback speeds (reported beside the plain accuracy as *speed_averaged_accuracy)")
@@ -191,6 +202,11 @@ def check_arguments(parser, args) -> None:
         parser.error(f"--tilt: expected a number in [0, 1), got {args.tilt}")
     if args.speech_margin < 0:
         parser.error(f"--speech-margin: expected seconds >= 0, got {args.speech_margin}")
+    if args.members < 1:
+        parser.error(f"--members: expected an int >= 1, got {args.members}")
+    if args.members > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parser.error("--members: expected 1 under torchrun (one process group per run); train each member as a run "
+                     "of its own (--seed S --out DIR) and combine them with perceiver.ensemble.EnsembleClassifier")
     if min(args.eval_speeds) <= 0:
         parser.error(f"--eval-speeds: expected positive speed factors, got {list(args.eval_speeds)}")
     if args.max_shift < 0 or not 0 < min(args.speed) <= max(args.speed):
@@ -209,84 +225,55 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_arguments(argv)
-
-    run = start_run(args, name=NAME)
-    shards = ensure_shards(DATASET, args.data, ("train",) + tuple(split for split, _ in EVALUATIONS),
-                           limit=args.limit, seed=args.seed)
-    model = build_model(args)
-    per_rank_seed(args.seed, run.context.rank)
-    device = run.context.device
+def split_counts(model: nn.Module, args, shards: dict, split: str, device: torch.device
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """The split's confusion matrix, one per engine (the test split mixes four), and the hits of the predictions
+    averaged over ``--eval-speeds``."""
     max_samples = round(args.max_duration * SAMPLE_RATE)
-    engines = set(args.engines)
+    counts = torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.int64, device=device)
+    per_engine = {name: counts.clone() for name in TRAIN_ENGINES}
+    speed_hits = torch.zeros((), dtype=torch.int64, device=device)
+    for batch in make_loader(shards[split], batch_size=100, mode="epoch", shuffle=False, num_workers=args.num_workers):
+        audio, pad_mask = cut_to_speech(batch["audio"], batch["audio_pad_mask"], max_samples=max_samples,
+                                        speech_margin=args.speech_margin)
+        plain, averaged = plain_and_speed_averaged_log_probs(model, audio, pad_mask, speeds=args.eval_speeds,
+                                                             max_samples=max_samples)
+        predictions = plain.argmax(dim=1)
+        labels = batch["label"].to(device)
+        counts += confusion_matrix(predictions, labels, num_classes=len(CLASSES))
+        speed_hits += (averaged.argmax(dim=1) == labels).sum()
+        engine_of = [meta["speech"] for meta in batch["meta"]]
+        for name, engine_counts in per_engine.items():
+            rows = torch.tensor([found == name for found in engine_of], device=device)
+            if rows.any():
+                engine_counts += confusion_matrix(predictions[rows], labels[rows], num_classes=len(CLASSES))
+    # Every rank reduces every engine's matrix (a collective must be called alike on all ranks), then drops the
+    # engines the split does not have.
+    per_engine = {name: all_reduce_sum(engine_counts) for name, engine_counts in per_engine.items()}
+    return (all_reduce_sum(counts), {name: c for name, c in per_engine.items() if c.sum() > 0},
+            all_reduce_sum(speed_hits))
 
-    def cut(audio: torch.Tensor, pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return cut_to_speech(audio, pad_mask, max_samples=max_samples, speech_margin=args.speech_margin)
 
-    def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        audio, pad_mask, labels = batch["audio"].cpu(), batch["audio_pad_mask"].cpu(), batch["label"]
-        if engines != set(TRAIN_ENGINES):  # a smaller batch rather than a second set of shards
-            keep = torch.tensor([meta["speech"] in engines for meta in batch["meta"]])
-            if not keep.any():  # nothing of the chosen engines in this batch: a zero loss that still reaches DDP
-                return sum(parameter.sum() for parameter in model.parameters()) * 0.0, {}
-            audio, pad_mask, labels = audio[keep], pad_mask[keep], labels[keep]
-        audio, pad_mask = cut(audio, pad_mask)
-        audio, pad_mask = augment_waveforms(audio, pad_mask, args)
-        audio, pad_mask = crop(audio, pad_mask, max_samples)
-        logits = model(audio.to(device), pad_mask.to(device)).float()
-        labels = labels.to(device)
-        loss = nn.functional.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
-        return loss, {"accuracy": (logits.argmax(dim=1) == labels).float().mean()}
-
-    def split_counts(model: nn.Module, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """The split's confusion matrix, one per engine (the test split mixes four), and the hits of the predictions
-        averaged over ``--eval-speeds``."""
-        counts = torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.int64, device=device)
-        per_engine = {name: counts.clone() for name in TRAIN_ENGINES}
-        speed_hits = torch.zeros((), dtype=torch.int64, device=device)
-        for batch in make_loader(shards[split], batch_size=100, mode="epoch", shuffle=False,
-                                 num_workers=args.num_workers):
-            audio, pad_mask = cut(batch["audio"], batch["audio_pad_mask"])
-            plain, averaged = plain_and_speed_averaged_log_probs(model, audio, pad_mask, speeds=args.eval_speeds,
-                                                                 max_samples=max_samples)
-            predictions = plain.argmax(dim=1)
-            labels = batch["label"].to(device)
-            counts += confusion_matrix(predictions, labels, num_classes=len(CLASSES))
-            speed_hits += (averaged.argmax(dim=1) == labels).sum()
-            engine_of = [meta["speech"] for meta in batch["meta"]]
+@torch.no_grad()
+def evaluate_splits(model: nn.Module, args, shards: dict, device: torch.device, *,
+                    figures: bool) -> tuple[dict, dict[str, list]]:
+    """The metrics of every evaluation split (test, engine, real) and their confusion matrices."""
+    metrics, matrices = {}, {}
+    for split, prefix in EVALUATIONS:
+        counts, per_engine, speed_hits = split_counts(model, args, shards, split, device)
+        matrices[split] = counts.tolist()
+        metrics.update(confusion_metrics(counts, list(CLASSES), figure=figures, prefix=prefix))
+        # Beside the plain accuracy, never in its place.
+        metrics[f"{prefix}speed_averaged_accuracy"] = int(speed_hits) / max(1, int(counts.sum()))
+        if split == "test":
             for name, engine_counts in per_engine.items():
-                rows = torch.tensor([found == name for found in engine_of], device=device)
-                if rows.any():
-                    engine_counts += confusion_matrix(predictions[rows], labels[rows], num_classes=len(CLASSES))
-        # Every rank reduces every engine's matrix (a collective must be called alike on all ranks), then drops the
-        # engines the split does not have.
-        per_engine = {name: all_reduce_sum(engine_counts) for name, engine_counts in per_engine.items()}
-        return (all_reduce_sum(counts), {name: c for name, c in per_engine.items() if c.sum() > 0},
-                all_reduce_sum(speed_hits))
+                metrics[f"test_accuracy_{name}"] = float(engine_counts.diagonal().sum() / engine_counts.sum())
+    return metrics, matrices
 
-    matrices: dict[str, list] = {}
 
-    @torch.no_grad()
-    def evaluate(model: nn.Module) -> dict:
-        metrics = {}
-        for split, prefix in EVALUATIONS:
-            counts, per_engine, speed_hits = split_counts(model, split)
-            matrices[split] = counts.tolist()
-            metrics.update(confusion_metrics(counts, list(CLASSES), figure=run.tracker.saves_figures, prefix=prefix))
-            # Beside the plain accuracy, never in its place.
-            metrics[f"{prefix}speed_averaged_accuracy"] = int(speed_hits) / max(1, int(counts.sum()))
-            if split == "test":
-                for name, engine_counts in per_engine.items():
-                    metrics[f"test_accuracy_{name}"] = float(engine_counts.diagonal().sum() / engine_counts.sum())
-        return metrics
-
-    result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)
-    if run.context.is_main:
-        model.save_pretrained(run.out / "model")
-        atomic_write_text(run.out / "confusion_matrices.json", json.dumps(matrices) + "\n")
-    found = result.eval_metrics
-    return run.finish({
+def reported(found: dict, matrices: dict[str, list]) -> dict:
+    """What a run reports of its last evaluation (``evaluate_splits``' metrics and matrices)."""
+    return {
         "test_accuracy": found.get("accuracy", float("nan")),
         "test_samples": int(found.get("samples", 0)),
         **{key: value for key, value in found.items() if key.startswith("test_accuracy_")},
@@ -298,8 +285,100 @@ def main(argv: list[str] | None = None) -> dict:
            for split, prefix in EVALUATIONS},
         # What each real recording (one per digit, 0 to 9) was taken for: the ten-sample confusion matrix in a word.
         "real_predictions": "".join(str(row.index(max(row))) if sum(row) else "-" for row in matrices.get("real", [])),
-        **run_summary(result, model, run),
+    }
+
+
+def eval_shards(args) -> dict:
+    return ensure_shards(DATASET, args.data, ("train",) + tuple(split for split, _ in EVALUATIONS), limit=args.limit,
+                         seed=args.seed)
+
+
+def train_one(args) -> dict:
+    """One model: trained, scored on every evaluation split, saved in ``OUT/model``."""
+    run = start_run(args, name=NAME)
+    shards = eval_shards(args)
+    model = build_model(args)
+    per_rank_seed(args.seed, run.context.rank)
+    device = run.context.device
+    max_samples = round(args.max_duration * SAMPLE_RATE)
+    engines = set(args.engines)
+
+    def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        audio, pad_mask, labels = batch["audio"].cpu(), batch["audio_pad_mask"].cpu(), batch["label"]
+        if engines != set(TRAIN_ENGINES):  # a smaller batch rather than a second set of shards
+            keep = torch.tensor([meta["speech"] in engines for meta in batch["meta"]])
+            if not keep.any():  # nothing of the chosen engines in this batch: a zero loss that still reaches DDP
+                return sum(parameter.sum() for parameter in model.parameters()) * 0.0, {}
+            audio, pad_mask, labels = audio[keep], pad_mask[keep], labels[keep]
+        audio, pad_mask = cut_to_speech(audio, pad_mask, max_samples=max_samples, speech_margin=args.speech_margin)
+        audio, pad_mask = augment_waveforms(audio, pad_mask, args)
+        audio, pad_mask = crop(audio, pad_mask, max_samples)
+        logits = model(audio.to(device), pad_mask.to(device)).float()
+        labels = labels.to(device)
+        loss = nn.functional.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
+        return loss, {"accuracy": (logits.argmax(dim=1) == labels).float().mean()}
+
+    matrices: dict[str, list] = {}
+
+    def evaluate(model: nn.Module) -> dict:
+        metrics, found = evaluate_splits(model, args, shards, device, figures=run.tracker.saves_figures)
+        matrices.update(found)
+        return metrics
+
+    result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)
+    if run.context.is_main:
+        model.save_pretrained(run.out / "model")
+        atomic_write_text(run.out / "confusion_matrices.json", json.dumps(matrices) + "\n")
+    return run.finish({**reported(result.eval_metrics, matrices), **run_summary(result, model, run)})
+
+
+# The figures of each member that an ensemble's metrics repeat, as member{k}_{name}.
+MEMBER_FIGURES = ("test_accuracy", "engine_accuracy", "real_accuracy", "test_speed_averaged_accuracy",
+                  "engine_speed_averaged_accuracy", "real_speed_averaged_accuracy", "real_predictions",
+                  "final_train_loss")
+
+
+def train_ensemble(args) -> dict:
+    """``--members N``: N models trained one after another (the k-th with seed ``--seed`` + k, in ``OUT/member-k``,
+    each a run of its own that ``--resume`` continues or, finished, keeps), then their ensemble scored as one model
+    and saved in ``OUT/model``."""
+    out = Path(args.out)
+    # Built (when missing) with the ensemble's seed before any member runs, so that every member finds these shards
+    # rather than building its own from its own seed.
+    shards = eval_shards(args)
+    members = []
+    for k in range(args.members):
+        member_out = out / f"member-{k}"
+        if args.resume and (member_out / "metrics.json").is_file() and (member_out / "model").is_dir():
+            print(f"member {k}: finished in {member_out}, kept")
+        else:
+            print(f"member {k} of {args.members}: seed {args.seed + k}, in {member_out}")
+            train_one(argparse.Namespace(**{**vars(args), "out": str(member_out), "seed": args.seed + k,
+                                            "members": 1}))
+        members.append(json.loads((member_out / "metrics.json").read_text()))
+    ensemble = EnsembleClassifier(models=[load_model(out / f"member-{k}" / "model") for k in range(args.members)])
+    run = start_run(args, name=NAME)
+    ensemble = ensemble.to(run.context.device).eval()
+    metrics, matrices = evaluate_splits(ensemble, args, shards, run.context.device, figures=run.tracker.saves_figures)
+    run.tracker.log({f"eval/{key}": value for key, value in metrics.items()}, step=members[0]["steps"])
+    ensemble.save_pretrained(out / "model")
+    atomic_write_text(out / "confusion_matrices.json", json.dumps(matrices) + "\n")
+    return run.finish({
+        **reported(metrics, matrices),
+        "members": args.members,
+        **{f"member{k}_{name}": found[name] for k, found in enumerate(members) for name in MEMBER_FIGURES},
+        # Each member's steps; the time, size and skipped samples of all of them.
+        "steps": members[0]["steps"],
+        "train_seconds": round(sum(found["train_seconds"] for found in members), 2),
+        "parameters": sum(found["parameters"] for found in members),
+        "corrupt_samples": sum(found["corrupt_samples"] for found in members),
+        "world_size": run.context.world_size,
     })
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_arguments(argv)
+    return train_ensemble(args) if args.members > 1 else train_one(args)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,15 @@ import json
 import math
 
 import pytest
+import soundfile
 import torch
 
-from experiments import fashion_mnist, shakespeare_mlm, spoken_digits
+from experiments import fashion_mnist, predict_digits, shakespeare_mlm, spoken_digits
 from experiments.common import shift_and_flip_images
-from perceiver import builders
+from perceiver import builders, load_model
 from perceiver.adapters import MASK_ID, PAD_ID
+from perceiver.data import make_loader
+from perceiver.ensemble import EnsembleClassifier
 
 TINY_MODEL = ["--num-latents", "4", "--num-latent-channels", "16", "--embed-channels", "16",
               "--num-self-attention-layers", "1", "--num-self-attention-heads", "2"]
@@ -84,6 +87,57 @@ def test_spoken_digits_tiny_run_reports_held_out_voices_engine_and_real_speech(t
     assert {split: sum(map(sum, m)) for split, m in matrices.items()} == {"test": 20, "engine": 20, "real": 10}
     images = {path.name.rsplit("_", 2)[0] for path in wandb_run.rglob("*.png")}
     assert {"confusion_matrix", "engine_confusion_matrix", "real_confusion_matrix"} <= images
+
+
+def test_spoken_digits_members_train_apart_and_are_scored_as_their_ensemble(tmp_path, data, capsys):
+    out = tmp_path / "run"
+    argv = ["--out", str(out), "--data", str(data), "--wandb", "offline", *TINY_RUN, "--limit", "20", "--num-bands",
+            "2", "--members", "2", "--eval-speeds", "1"]
+    returned = spoken_digits.main(argv)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == returned and metrics["members"] == 2 and metrics["test_samples"] == 20
+    members = [json.loads((out / f"member-{k}" / "metrics.json").read_text()) for k in range(2)]
+    assert [found["steps"] for found in members] == [3, 3] and metrics["steps"] == 3
+    assert metrics["train_seconds"] == pytest.approx(sum(found["train_seconds"] for found in members), abs=0.02)
+    for k, found in enumerate(members):
+        assert metrics[f"member{k}_test_accuracy"] == found["test_accuracy"]
+        assert metrics[f"member{k}_real_predictions"] == found["real_predictions"]
+    ensemble = load_model(out / "model").eval()
+    assert isinstance(ensemble, EnsembleClassifier) and len(ensemble.models) == 2
+    saved = [load_model(out / f"member-{k}" / "model").eval() for k in range(2)]
+    for member, inside in zip(saved, ensemble.models):
+        assert all(torch.equal(a, b) for a, b in zip(member.state_dict().values(), inside.state_dict().values()))
+    assert any(not torch.equal(a, b) for a, b in zip(*(m.state_dict().values() for m in saved)))  # seeds 0 and 1
+    # The ensemble's answer for each real recording (one per digit, in order): the mean of the members' log-probs.
+    max_samples = ensemble.input_adapter.max_samples
+    batch = next(iter(make_loader(sorted((data / "spoken-digits").glob("spoken-digits-real-*.tar")), batch_size=10,
+                                  mode="epoch", shuffle=False)))
+    order = batch["label"].argsort()
+    audio, pad_mask = spoken_digits.cut_to_speech(batch["audio"][order], batch["audio_pad_mask"][order],
+                                                  max_samples=max_samples, speech_margin=spoken_digits.SPEECH_MARGIN)
+    with torch.no_grad():
+        mean = torch.stack([m(audio, pad_mask).log_softmax(-1) for m in saved]).mean(0)
+    assert metrics["real_predictions"] == "".join(str(int(d)) for d in mean.argmax(1))
+    # predict_digits reads an ensemble's folder like a model's, with the settings of its members' runs
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    for digit, (clip, mask) in enumerate(zip(batch["audio"][order], batch["audio_pad_mask"][order])):
+        soundfile.write(recordings / f"{digit}.wav", clip[~mask].numpy(), spoken_digits.SAMPLE_RATE, subtype="FLOAT")
+    predicted = predict_digits.main([str(out / "model"), str(recordings)])
+    assert predicted["speeds"] == [1.0]  # the members' --eval-speeds, not the default five
+    assert "".join(str(p["plain_digit"]) for p in predicted["predictions"]) == metrics["real_predictions"]
+    # --resume keeps finished members and scores their ensemble again
+    capsys.readouterr()
+    assert spoken_digits.main([*argv, "--resume"])["real_predictions"] == metrics["real_predictions"]
+    printed = capsys.readouterr().out
+    assert "member 0: finished" in printed and "member 1: finished" in printed
+
+
+def test_spoken_digits_members_under_torchrun_are_refused(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit):
+        spoken_digits.parse_arguments(["--members", "2"])
+    assert "--members: expected 1 under torchrun" in capsys.readouterr().err
 
 
 def test_spoken_digits_trains_on_chosen_engines_with_time_frames_and_no_augmentation(tmp_path, data):
