@@ -288,7 +288,7 @@ def reported(found: dict, matrices: dict[str, list]) -> dict:
     }
 
 
-def eval_shards(args) -> dict:
+def run_shards(args) -> dict:
     return ensure_shards(DATASET, args.data, ("train",) + tuple(split for split, _ in EVALUATIONS), limit=args.limit,
                          seed=args.seed)
 
@@ -296,7 +296,7 @@ def eval_shards(args) -> dict:
 def train_one(args) -> dict:
     """One model: trained, scored on every evaluation split, saved in ``OUT/model``."""
     run = start_run(args, name=NAME)
-    shards = eval_shards(args)
+    shards = run_shards(args)
     model = build_model(args)
     per_rank_seed(args.seed, run.context.rank)
     device = run.context.device
@@ -345,7 +345,7 @@ def train_ensemble(args) -> dict:
     out = Path(args.out)
     # Built (when missing) with the ensemble's seed before any member runs, so that every member finds these shards
     # rather than building its own from its own seed.
-    shards = eval_shards(args)
+    shards = run_shards(args)
     members = []
     for k in range(args.members):
         member_out = out / f"member-{k}"
