@@ -1,6 +1,6 @@
 """Name the digit spoken in each audio file with a model saved by ``experiments.spoken_digits``.
 
-The model is the ``model`` folder in the experiment's ``--out``::
+The model is the ``model`` folder in the experiment's ``--out`` (one model's, or with ``--members`` the ensemble's)::
 
     python -m experiments.predict_digits runs/spoken-digits/model recordings/*.wav
     python -m experiments.predict_digits runs/spoken-digits/model recordings/ --json predictions.json
