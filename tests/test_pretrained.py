@@ -21,6 +21,7 @@ from perceiver.adapters import (ByteAdapter, ClassificationOutput, Classificatio
 from perceiver.attention import MultiHeadAttention
 from perceiver.builders import classifier
 from perceiver.contrastive import ContrastiveModel
+from perceiver.ensemble import EnsembleClassifier
 from perceiver.fusion import HybridFusionClassifier, LateFusionClassifier
 from perceiver.layers import MLP, CrossAttentionLayer, SelfAttentionBlock, SelfAttentionLayer
 from perceiver.positions import FourierPositionEncoding, LearnedPositionEncoding, RotaryEmbedding
@@ -104,6 +105,9 @@ CASES = {
     "PerceiverIO": (lambda: tiny_classifier(image_adapter()), lambda m: m(torch.rand(2, 1, 8, 8))),
     "PerceiverResampler": (lambda: PerceiverResampler(num_input_channels=6, num_latents=3, num_latent_channels=8,
                                                       num_heads=2, num_layers=1), lambda m: m(tokens(), PAD)),
+    "EnsembleClassifier": (lambda: EnsembleClassifier(models=[tiny_classifier(image_adapter()),
+                                                              tiny_classifier(image_adapter())]),
+                           lambda m: m(torch.rand(2, 1, 8, 8))),
     "LateFusionClassifier": (lambda: LateFusionClassifier(models={"image": tiny_classifier(image_adapter()),
                                                                   "audio": tiny_classifier(audio_adapter())},
                                                           weighting="learned"), lambda m: m(AV, AV_PAD)),
