@@ -20,10 +20,11 @@ and SpecAugment masks to the spectrogram (``LogMelSpectrogram``'s options, activ
 default, as they slowed learning in a short probe and ended behind in two full runs, docs/exps.md). ``--input``
 picks the adapter: two 1-D convolutions over time with the mel bins as channels, one token per 4 frames (``conv``,
 ``SpectrogramConvAdapter``, the default: ahead of the others in a side-by-side probe), one linear token per 4
-full-band frames (``time-frames``), or time × frequency tiles (``patches``). ``--members N`` trains N models one after
-another (seeds ``--seed`` to ``--seed`` + N − 1, each a run of its own in ``OUT/member-k``) and scores the mean of
-their log-probabilities as one model (``perceiver.ensemble.EnsembleClassifier``, saved in ``OUT/model``, which
-``experiments.predict_digits`` reads as it reads one model)::
+full-band frames (``time-frames``), or time × frequency tiles (``patches``). ``--members N`` trains N models
+(seeds ``--seed`` to ``--seed`` + N − 1, each a run of its own in ``OUT/member-k``; on a CPU one per thread at once,
+each in a process of its own, ``--members-at-once``) and scores the mean of their log-probabilities as one model
+(``perceiver.ensemble.EnsembleClassifier``, saved in ``OUT/model``, which ``experiments.predict_digits`` reads as
+it reads one model)::
 
     python -m experiments.spoken_digits --out runs/spoken-digits
     python -m experiments.spoken_digits --out runs/spoken-digits-frames --input time-frames
@@ -35,11 +36,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
+import re
+import sys
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from experiments.common import (add_data_args, build_parser, check_args, classifier, confusion_metrics, ensure_shards,
                                 per_rank_seed, run_summary, start_run, train_on_shards)
@@ -51,6 +57,7 @@ from perceiver.config import load_model
 from perceiver.data import make_loader
 from perceiver.ensemble import EnsembleClassifier
 from perceiver.files import atomic_write_text
+from perceiver.threads import choose_threads
 from perceiver.training.distributed import all_reduce_sum
 from perceiver.training.plots import confusion_matrix
 
@@ -184,6 +191,11 @@ def add_arguments(parser) -> None:
     evaluation.add_argument("--members", type=int, default=1,
                             help="train this many models, the k-th with --seed + k in OUT/member-k, and score the mean "
                                  "of their log-probabilities (perceiver.ensemble.EnsembleClassifier, saved in OUT/model)")
+    evaluation.add_argument("--members-at-once", type=int, default=None,
+                            help="train up to this many members at once, each in a process of its own on --threads / "
+                                 "K threads, its output in OUT/member-k/train.log (default: on a CPU, one member per "
+                                 "thread of --threads, at most --members: two one-thread runs side by side train "
+                                 "faster than one run on two threads, docs/exps.md; on a GPU, one)")
     evaluation.add_argument("--eval-speeds", type=float, nargs="+", default=EVAL_SPEEDS,
                             help="each evaluation also scores every clip on its mean log-probabilities over these "
                                  "playback speeds (reported beside the plain accuracy as *speed_averaged_accuracy)")
@@ -204,6 +216,8 @@ def check_arguments(parser, args) -> None:
         parser.error(f"--speech-margin: expected seconds >= 0, got {args.speech_margin}")
     if args.members < 1:
         parser.error(f"--members: expected an int >= 1, got {args.members}")
+    if args.members_at_once is not None and args.members_at_once < 1:
+        parser.error(f"--members-at-once: expected an int >= 1, got {args.members_at_once}")
     if args.members > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         parser.error("--members: expected 1 under torchrun (one process group per run); train each member as a run "
                      "of its own (--seed S --out DIR) and combine them with perceiver.ensemble.EnsembleClassifier")
@@ -338,24 +352,109 @@ MEMBER_FIGURES = ("test_accuracy", "engine_accuracy", "real_accuracy", "test_spe
                   "final_train_loss")
 
 
+def members_at_once(args, pending: int) -> tuple[int, int]:
+    """(members trained at once, threads each) for ``pending`` members: ``--members-at-once``, else one per thread of
+    ``--threads`` on a CPU (the step's small products and the Python of the augmentation use a second thread poorly:
+    on 2-core machines two one-thread runs side by side took 21–23 min each, one run on two threads 18–34 min,
+    docs/exps.md) and one on a GPU."""
+    threads, _ = choose_threads(args.threads)
+    on_gpu = torch.cuda.is_available() if args.device is None else torch.device(args.device).type == "cuda"
+    at_once = args.members_at_once or (1 if on_gpu else threads)
+    at_once = max(1, min(at_once, pending))
+    return at_once, max(1, threads // at_once)
+
+
+def member_arguments(args, k: int, **overrides) -> argparse.Namespace:
+    """The k-th member's run: seed ``--seed`` + k, in ``OUT/member-k``, one model (``overrides``: other flags)."""
+    return argparse.Namespace(**{**vars(args), "out": str(Path(args.out) / f"member-{k}"), "seed": args.seed + k,
+                                 "members": 1, **overrides})
+
+
+def train_member(args, log_path: Path) -> None:
+    """One member in a process of its own (``train_ensemble``'s workers), its output appended to ``log_path``."""
+    with open(log_path, "a") as log:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+            os.dup2(log.fileno(), stream.fileno())  # the C libraries' output too, not only Python's
+            stream.reconfigure(line_buffering=True)  # each line in the log as it is printed, for the progress bars
+    train_one(args)
+
+
+# The line the training loop prints at each log step without a progress bar: "step 120/3000: loss …".
+LOGGED_STEP = re.compile(r"^step (\d+)/\d+: loss", re.MULTILINE)
+
+
+def logged_step(log_path: Path) -> int:
+    """The last step a member's log reports (0 before its first log step)."""
+    try:
+        steps = LOGGED_STEP.findall(log_path.read_text(errors="replace"))
+    except FileNotFoundError:
+        return 0
+    return int(steps[-1]) if steps else 0
+
+
+def train_members_side_by_side(args, pending: list[int], at_once: int, threads: int) -> None:
+    """Train the ``pending`` members, ``at_once`` at a time in processes of their own on ``threads`` threads each,
+    with one progress bar each read from their logs. A member that fails does not stop the others (each is kept for
+    ``--resume``); the failures are raised together at the end, each with its log."""
+    out = Path(args.out)
+    logs = {k: out / f"member-{k}" / "train.log" for k in pending}
+    for k in pending:
+        logs[k].parent.mkdir(parents=True, exist_ok=True)
+        print(f"member {k} of {args.members}: seed {args.seed + k}, in {logs[k].parent}, {threads} thread(s), "
+              f"output in {logs[k]}")
+    bars = {k: tqdm(total=args.max_steps, desc=f"member {k}", unit="step", position=row, disable=args.no_progress)
+            for row, k in enumerate(pending)}
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked threads or CUDA state
+    failed = {}
+    with ProcessPoolExecutor(max_workers=at_once, mp_context=context, max_tasks_per_child=1) as pool:
+        running = {pool.submit(train_member, member_arguments(args, k, threads=threads, no_progress=True), logs[k]): k
+                   for k in pending}
+        while running:
+            done, _ = wait(running, timeout=2.0, return_when=FIRST_COMPLETED)
+            for k in running.values():  # only bars that moved: a redrawn bar is a line more in a log file
+                step = logged_step(logs[k])
+                if step > bars[k].n:
+                    bars[k].update(step - bars[k].n)
+            for future in done:
+                k = running.pop(future)
+                if future.exception() is not None:
+                    failed[k] = future.exception()
+                    tqdm.write(f"member {k}: failed ({type(failed[k]).__name__}); its log: {logs[k]}")
+                else:
+                    found = json.loads((logs[k].parent / "metrics.json").read_text())
+                    tqdm.write(f"member {k}: finished, held-out voices {found['test_accuracy']:.2%}, engine "
+                               f"{found['engine_accuracy']:.2%}, real recordings taken for {found['real_predictions']}")
+    for bar in bars.values():
+        bar.close()
+    if failed:
+        raise RuntimeError("members failed: " + "; ".join(f"member {k} ({type(error).__name__}: {error}; its log: "
+                                                          f"{logs[k]})" for k, error in sorted(failed.items())))
+
+
 def train_ensemble(args) -> dict:
-    """``--members N``: N models trained one after another (the k-th with seed ``--seed`` + k, in ``OUT/member-k``,
-    each a run of its own that ``--resume`` continues or, finished, keeps), then their ensemble scored as one model
-    and saved in ``OUT/model``."""
+    """``--members N``: N models (the k-th with seed ``--seed`` + k, in ``OUT/member-k``, each a run of its own that
+    ``--resume`` continues or, finished, keeps), trained ``--members-at-once`` at a time, then their ensemble scored
+    as one model and saved in ``OUT/model``."""
     out = Path(args.out)
     # Built (when missing) with the ensemble's seed before any member runs, so that every member finds these shards
     # rather than building its own from its own seed.
     shards = run_shards(args)
-    members = []
+    pending = []
     for k in range(args.members):
         member_out = out / f"member-{k}"
         if args.resume and (member_out / "metrics.json").is_file() and (member_out / "model").is_dir():
             print(f"member {k}: finished in {member_out}, kept")
         else:
-            print(f"member {k} of {args.members}: seed {args.seed + k}, in {member_out}")
-            train_one(argparse.Namespace(**{**vars(args), "out": str(member_out), "seed": args.seed + k,
-                                            "members": 1}))
-        members.append(json.loads((member_out / "metrics.json").read_text()))
+            pending.append(k)
+    at_once, threads = members_at_once(args, len(pending))
+    if at_once > 1:
+        train_members_side_by_side(args, pending, at_once, threads)
+    else:
+        for k in pending:
+            print(f"member {k} of {args.members}: seed {args.seed + k}, in {out / f'member-{k}'}")
+            train_one(member_arguments(args, k))
+    members = [json.loads((out / f"member-{k}" / "metrics.json").read_text()) for k in range(args.members)]
     ensemble = EnsembleClassifier(models=[load_model(out / f"member-{k}" / "model") for k in range(args.members)])
     run = start_run(args, name=NAME)
     ensemble = ensemble.to(run.context.device).eval()
@@ -366,6 +465,7 @@ def train_ensemble(args) -> dict:
     return run.finish({
         **reported(metrics, matrices),
         "members": args.members,
+        "members_at_once": at_once,
         **{f"member{k}_{name}": found[name] for k, found in enumerate(members) for name in MEMBER_FIGURES},
         # Each member's steps; the time, size and skipped samples of all of them.
         "steps": members[0]["steps"],

@@ -133,6 +133,38 @@ def test_spoken_digits_members_train_apart_and_are_scored_as_their_ensemble(tmp_
     assert "member 0: finished" in printed and "member 1: finished" in printed
 
 
+def test_spoken_digits_members_side_by_side_train_as_one_after_another(tmp_path, data, capsys):
+    """Two members at once, each in a process of its own on one thread, end with the weights that one after another
+    on one thread give; each writes its output to its own log."""
+    argv = ["--data", str(data), "--wandb", "offline", *TINY_RUN, "--limit", "20", "--num-bands", "2", "--members",
+            "2", "--eval-speeds", "1"]
+    apart = spoken_digits.main(["--out", str(tmp_path / "apart"), *argv, "--threads", "1"])
+    capsys.readouterr()
+    together = spoken_digits.main(["--out", str(tmp_path / "together"), *argv, "--threads", "2", "--members-at-once",
+                                   "2"])
+    printed = capsys.readouterr().out
+    assert apart["members_at_once"] == 1 and together["members_at_once"] == 2
+    for k in range(2):
+        log = tmp_path / "together" / f"member-{k}" / "train.log"
+        assert f"output in {log}" in printed and f"member {k}: finished" in printed
+        assert spoken_digits.logged_step(log) == 3 and "CPU threads: 1 (as asked (--threads))" in log.read_text()
+        one, other = (load_model(tmp_path / run / f"member-{k}" / "model").state_dict()
+                      for run in ("apart", "together"))
+        assert all(torch.equal(one[name], other[name]) for name in one)
+    assert together["real_predictions"] == apart["real_predictions"]
+    assert together["test_accuracy"] == apart["test_accuracy"]
+
+
+def test_members_at_once_defaults_to_one_member_per_thread_on_a_cpu():
+    args = spoken_digits.parse_arguments(["--members", "4", "--threads", "2", "--device", "cpu"])
+    assert spoken_digits.members_at_once(args, pending=4) == (2, 1)
+    assert spoken_digits.members_at_once(args, pending=1) == (1, 2)  # one left: it gets both threads
+    args = spoken_digits.parse_arguments(["--members", "4", "--threads", "4", "--members-at-once", "3"])
+    assert spoken_digits.members_at_once(args, pending=4) == (3, 1)
+    with pytest.raises(SystemExit):
+        spoken_digits.parse_arguments(["--members-at-once", "0"])
+
+
 def test_spoken_digits_members_under_torchrun_are_refused(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SystemExit):
