@@ -40,6 +40,7 @@ import multiprocessing
 import os
 import re
 import sys
+import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -377,7 +378,11 @@ def train_member(args, log_path: Path) -> None:
             stream.flush()
             os.dup2(log.fileno(), stream.fileno())  # the C libraries' output too, not only Python's
             stream.reconfigure(line_buffering=True)  # each line in the log as it is printed, for the progress bars
-    train_one(args)
+    try:
+        train_one(args)
+    except BaseException:
+        traceback.print_exc()  # the parent receives the exception; the log keeps where it came from
+        raise
 
 
 # The line the training loop prints at each log step without a progress bar: "step 120/3000: loss …".

@@ -155,6 +155,19 @@ def test_spoken_digits_members_side_by_side_train_as_one_after_another(tmp_path,
     assert together["test_accuracy"] == apart["test_accuracy"]
 
 
+def test_a_member_that_fails_leaves_the_others_trained_and_names_its_log(tmp_path, data):
+    out = tmp_path / "run"
+    (out / "member-1").mkdir(parents=True)
+    (out / "member-1" / "latest.pt").write_bytes(b"not a checkpoint")  # --resume cannot read it: member 1 fails
+    argv = ["--out", str(out), "--data", str(data), "--wandb", "offline", *TINY_RUN, "--limit", "20", "--num-bands",
+            "2", "--members", "2", "--eval-speeds", "1", "--threads", "2", "--members-at-once", "2", "--resume"]
+    with pytest.raises(RuntimeError, match=r"(?s)members failed: member 1 \(.*its log: .*member-1/train\.log\)$"):
+        spoken_digits.main(argv)
+    assert json.loads((out / "member-0" / "metrics.json").read_text())["steps"] == 3  # the other member finished
+    assert not (out / "member-1" / "metrics.json").exists() and not (out / "model").exists()
+    assert "Traceback" in (out / "member-1" / "train.log").read_text()
+
+
 def test_members_at_once_defaults_to_one_member_per_thread_on_a_cpu():
     args = spoken_digits.parse_arguments(["--members", "4", "--threads", "2", "--device", "cpu"])
     assert spoken_digits.members_at_once(args, pending=4) == (2, 1)
