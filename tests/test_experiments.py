@@ -12,6 +12,7 @@ import soundfile
 import torch
 
 from experiments import fashion_mnist, predict_digits, shakespeare_mlm, spoken_digits
+from experiments import members as member_runs
 from experiments.common import shift_and_flip_images
 from perceiver import builders, load_model
 from perceiver.adapters import MASK_ID, PAD_ID
@@ -147,7 +148,7 @@ def test_spoken_digits_members_side_by_side_train_as_one_after_another(tmp_path,
     for k in range(2):
         log = tmp_path / "together" / f"member-{k}" / "train.log"
         assert f"output in {log}" in printed and f"member {k}: finished" in printed
-        assert spoken_digits.logged_step(log) == 3 and "CPU threads: 1 (as asked (--threads))" in log.read_text()
+        assert member_runs.logged_step(log) == 3 and "CPU threads: 1 (as asked (--threads))" in log.read_text()
         one, other = (load_model(tmp_path / run / f"member-{k}" / "model").state_dict()
                       for run in ("apart", "together"))
         assert all(torch.equal(one[name], other[name]) for name in one)
@@ -170,10 +171,10 @@ def test_a_member_that_fails_leaves_the_others_trained_and_names_its_log(tmp_pat
 
 def test_members_at_once_defaults_to_one_member_per_thread_on_a_cpu():
     args = spoken_digits.parse_arguments(["--members", "4", "--threads", "2", "--device", "cpu"])
-    assert spoken_digits.members_at_once(args, pending=4) == (2, 1)
-    assert spoken_digits.members_at_once(args, pending=1) == (1, 2)  # one left: it gets both threads
+    assert member_runs.members_at_once(args, pending=4) == (2, 1)
+    assert member_runs.members_at_once(args, pending=1) == (1, 2)  # one left: it gets both threads
     args = spoken_digits.parse_arguments(["--members", "4", "--threads", "4", "--members-at-once", "3"])
-    assert spoken_digits.members_at_once(args, pending=4) == (3, 1)
+    assert member_runs.members_at_once(args, pending=4) == (3, 1)
     with pytest.raises(SystemExit):
         spoken_digits.parse_arguments(["--members-at-once", "0"])
 
