@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import re
 import sys
+import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -71,10 +72,15 @@ def logged_step(log_path: Path) -> int:
     return int(steps[-1]) if steps else 0
 
 
+# Without progress bars (--no-progress, e.g. cluster logs), how often a line gives every running member's step.
+STATUS_SECONDS = 60.0
+
+
 def train_side_by_side(train: Callable[[argparse.Namespace], Any], args: argparse.Namespace, pending: list[int],
                        at_once: int, threads: int, *, describe: Callable[[dict], str]) -> None:
     """``train`` the ``pending`` members, ``at_once`` at a time in processes of their own on ``threads`` threads each,
-    with one progress bar each read from their logs, and print ``describe(metrics)`` of each as it finishes.
+    with one progress bar each read from their logs (with ``--no-progress``, a plain line of their steps every
+    ``STATUS_SECONDS``), and print ``describe(metrics)`` of each as it finishes.
 
     ``train`` is a module-level function (the workers import it by name) that writes the run's ``metrics.json`` in
     ``args.out``, as the experiments' ``train_one`` does. A member that fails does not stop the others (each is kept
@@ -94,12 +100,19 @@ def train_side_by_side(train: Callable[[argparse.Namespace], Any], args: argpars
         for k in pending:
             member = member_arguments(args, k, threads=threads, no_progress=True)
             running[pool.submit(train_member, train, member, logs[k])] = k
+        steps = dict.fromkeys(pending, 0)  # read from the logs (a disabled bar counts nothing)
+        last_status = time.monotonic()
         while running:
             done, _ = wait(running, timeout=2.0, return_when=FIRST_COMPLETED)
             for k in running.values():  # only bars that moved: a redrawn bar is a line more in a log file
                 step = logged_step(logs[k])
-                if step > bars[k].n:
-                    bars[k].update(step - bars[k].n)
+                if step > steps[k]:
+                    bars[k].update(step - steps[k])
+                    steps[k] = step
+            if args.no_progress and time.monotonic() - last_status >= STATUS_SECONDS:  # no bars: a plain line
+                print("members: " + ", ".join(f"{k} at step {steps[k]}/{args.max_steps}" for k in running.values()),
+                      flush=True)
+                last_status = time.monotonic()
             for future in done:
                 k = running.pop(future)
                 if future.exception() is not None:

@@ -134,13 +134,14 @@ def test_spoken_digits_members_train_apart_and_are_scored_as_their_ensemble(tmp_
     assert "member 0: finished" in printed and "member 1: finished" in printed
 
 
-def test_spoken_digits_members_side_by_side_train_as_one_after_another(tmp_path, data, capsys):
+def test_spoken_digits_members_side_by_side_train_as_one_after_another(tmp_path, data, capsys, monkeypatch):
     """Two members at once, each in a process of its own on one thread, end with the weights that one after another
     on one thread give; each writes its output to its own log."""
     argv = ["--data", str(data), "--wandb", "offline", *TINY_RUN, "--limit", "20", "--num-bands", "2", "--members",
             "2", "--eval-speeds", "1"]
     apart = spoken_digits.main(["--out", str(tmp_path / "apart"), *argv, "--threads", "1"])
     capsys.readouterr()
+    monkeypatch.setattr(member_runs, "STATUS_SECONDS", 0.0)  # --no-progress (TINY_RUN): a status line every poll
     together = spoken_digits.main(["--out", str(tmp_path / "together"), *argv, "--threads", "2", "--members-at-once",
                                    "2"])
     printed = capsys.readouterr().out
@@ -149,6 +150,7 @@ def test_spoken_digits_members_side_by_side_train_as_one_after_another(tmp_path,
         log = tmp_path / "together" / f"member-{k}" / "train.log"
         assert f"output in {log}" in printed and f"member {k}: finished" in printed
         assert member_runs.logged_step(log) == 3 and "CPU threads: 1 (as asked (--threads))" in log.read_text()
+        assert f"{k} at step 3/3" in printed  # the last poll before the member ended read its last step
         one, other = (load_model(tmp_path / run / f"member-{k}" / "model").state_dict()
                       for run in ("apart", "together"))
         assert all(torch.equal(one[name], other[name]) for name in one)
