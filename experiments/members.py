@@ -21,10 +21,10 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from tqdm import tqdm
 
 from perceiver.threads import choose_threads
+from perceiver.training.distributed import uses_cuda
 
 
 def members_at_once(args: argparse.Namespace, pending: int) -> tuple[int, int]:
@@ -33,8 +33,7 @@ def members_at_once(args: argparse.Namespace, pending: int) -> tuple[int, int]:
     poorly: on 2-core machines two one-thread runs side by side took 21–23 min each, one run on two threads 18–34
     min, docs/exps.md) and one on a GPU."""
     threads, _ = choose_threads(args.threads)
-    on_gpu = torch.cuda.is_available() if args.device is None else torch.device(args.device).type == "cuda"
-    at_once = args.members_at_once or (1 if on_gpu else threads)
+    at_once = args.members_at_once or (1 if uses_cuda(args.device) else threads)
     at_once = max(1, min(at_once, pending))
     return at_once, max(1, threads // at_once)
 

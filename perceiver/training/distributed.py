@@ -22,6 +22,11 @@ class DistributedContext:
         return self.rank == 0
 
 
+def uses_cuda(device: str | None) -> bool:
+    """Whether a run given ``device`` (None: the default, a GPU when there is one) runs on CUDA."""
+    return torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+
+
 def setup_distributed(*, device: str | None = None) -> DistributedContext:
     """Join the process group that ``torchrun`` describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK).
 
@@ -30,11 +35,10 @@ def setup_distributed(*, device: str | None = None) -> DistributedContext:
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
     if device is not None:
         chosen = torch.device(device)
     else:
-        chosen = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+        chosen = torch.device("cuda", local_rank) if uses_cuda(None) else torch.device("cpu")
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
     if world_size > 1 and not dist.is_initialized():
