@@ -121,3 +121,15 @@ def test_a_run_of_ours_and_the_cnn_alone_still_reports_their_margin():
     assert "best_peer" not in summarize([result("ours", 0.91), result("cnn", 0.925)])
     assert summarize([result("ours", 0.9), result("hf-conv", 0.88)])["margin_over_peer"] == pytest.approx(2.0)
     assert summarize([result("cnn", 0.92)]) is None
+
+
+def test_ours_is_the_fashion_mnist_experiment_default_model():
+    """The benchmark builds ``ours`` itself (its workers run outside the package); the two must stay one model."""
+    from benchmarks.learning import Recipe, build_ours
+    from experiments import fashion_mnist
+
+    ours = build_ours(Recipe(minutes=1, evals=1), "conv")
+    experiment = fashion_mnist.build_model(fashion_mnist.arg_parser().parse_args([]))
+    assert repr(ours) == repr(experiment)  # every layer and its sizes
+    assert [(name, p.shape) for name, p in ours.named_parameters()] == [
+        (name, p.shape) for name, p in experiment.named_parameters()]
