@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -23,8 +24,82 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
+from perceiver import load_model
+from perceiver.ensemble import EnsembleClassifier
 from perceiver.threads import choose_threads
 from perceiver.training.distributed import uses_cuda
+
+
+def add_member_args(group) -> None:
+    """``--members`` and ``--members-at-once`` on an experiment's parser (or one of its argument groups)."""
+    group.add_argument("--members", type=int, default=1,
+                       help="train this many models, the k-th with --seed + k in OUT/member-k, and score the mean of "
+                            "their log-probabilities (perceiver.ensemble.EnsembleClassifier, saved in OUT/model)")
+    group.add_argument("--members-at-once", type=int, default=None,
+                       help="train up to this many members at once, each in a process of its own on --threads / K "
+                            "threads, its output in OUT/member-k/train.log (default: on a CPU, one member per thread "
+                            "of --threads, at most --members: two one-thread runs side by side train faster than one "
+                            "run on two threads, docs/exps.md; on a GPU, one)")
+
+
+def check_member_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.members < 1:
+        parser.error(f"--members: expected an int >= 1, got {args.members}")
+    if args.members_at_once is not None and args.members_at_once < 1:
+        parser.error(f"--members-at-once: expected an int >= 1, got {args.members_at_once}")
+    if args.members > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parser.error("--members: expected 1 under torchrun (one process group per run); train each member as a run "
+                     "of its own (--seed S --out DIR) and combine them with perceiver.ensemble.EnsembleClassifier")
+
+
+def train_members(train: Callable[[argparse.Namespace], Any], args: argparse.Namespace, *,
+                  describe: Callable[[dict], str]) -> tuple[list[dict], int]:
+    """``train`` the ``--members`` members that are not finished (with ``--resume``, a member whose run folder holds
+    its ``metrics.json`` and ``model`` is kept), ``members_at_once`` at a time; returns (every member's metrics, in
+    order; members trained at once). Members trained at once each get the whole ``--max-minutes``; members trained in
+    turns (one thread, a GPU) share it."""
+    out = Path(args.out)
+    pending = []
+    for k in range(args.members):
+        member_out = out / f"member-{k}"
+        if args.resume and (member_out / "metrics.json").is_file() and (member_out / "model").is_dir():
+            print(f"member {k}: finished in {member_out}, kept")
+        else:
+            pending.append(k)
+    at_once, threads = members_at_once(args, len(pending))
+    rounds = math.ceil(len(pending) / at_once)
+    if args.max_minutes is not None and rounds > 1:
+        # A clock budget is the command's: members trained in turns share it, so the command ends in about
+        # --max-minutes however many members train at once.
+        print(f"members: {len(pending)} to train, {at_once} at a time: {rounds} turns of "
+              f"{args.max_minutes / rounds:g} min (--max-minutes {args.max_minutes:g} shared)")
+        args = argparse.Namespace(**{**vars(args), "max_minutes": args.max_minutes / rounds})
+    if at_once > 1:
+        train_side_by_side(train, args, pending, at_once, threads, describe=describe)
+    else:
+        for k in pending:
+            print(f"member {k} of {args.members}: seed {args.seed + k}, in {out / f'member-{k}'}")
+            train(member_arguments(args, k))
+    return [json.loads((out / f"member-{k}" / "metrics.json").read_text()) for k in range(args.members)], at_once
+
+
+def load_ensemble(args: argparse.Namespace) -> EnsembleClassifier:
+    """The ``--members`` finished members in ``OUT/member-k/model``, as one model."""
+    return EnsembleClassifier(models=[load_model(Path(args.out) / f"member-{k}" / "model")
+                                      for k in range(args.members)])
+
+
+def ensemble_summary(members: list[dict], figures: tuple[str, ...]) -> dict:
+    """The figures of an ensemble's metrics that come from its members: each member's ``figures`` (as
+    ``member{k}_{name}``), each member's steps, and the time, size and skipped samples of all of them."""
+    return {
+        "members": len(members),
+        **{f"member{k}_{name}": found[name] for k, found in enumerate(members) for name in figures},
+        "steps": members[0]["steps"],
+        "train_seconds": round(sum(found["train_seconds"] for found in members), 2),
+        "parameters": sum(found["parameters"] for found in members),
+        "corrupt_samples": sum(found["corrupt_samples"] for found in members),
+    }
 
 
 def members_at_once(args: argparse.Namespace, pending: int) -> tuple[int, int]:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -44,14 +43,13 @@ from torch import nn
 
 from experiments.common import (add_data_args, build_parser, check_args, classifier, confusion_metrics, ensure_shards,
                                 per_rank_seed, run_summary, start_run, train_on_shards)
-from experiments.members import member_arguments, members_at_once, train_side_by_side
+from experiments.members import (add_member_args, check_member_args, ensemble_summary, load_ensemble,
+                                 train_members)
 from perceiver import PerceiverIO
 from perceiver.adapters import SpectrogramAdapter, SpectrogramConvAdapter
 from perceiver.augment import (NOISE_COLORS, add_noise, change_speed, crop, crop_to_speech, delay, gain_and_tilt,
                                reverberate, telephone_band)
-from perceiver.config import load_model
 from perceiver.data import make_loader
-from perceiver.ensemble import EnsembleClassifier
 from perceiver.files import atomic_write_text
 from perceiver.training.distributed import all_reduce_sum
 from perceiver.training.plots import confusion_matrix
@@ -183,14 +181,7 @@ def add_arguments(parser) -> None:
     data.add_argument("--freq-masks", type=int, default=0, help="SpecAugment frequency masks per clip")
     data.add_argument("--freq-mask-bins", type=int, default=4, help="widest frequency mask in mel bins")
     evaluation = parser.add_argument_group("evaluation")
-    evaluation.add_argument("--members", type=int, default=1,
-                            help="train this many models, the k-th with --seed + k in OUT/member-k, and score the mean "
-                                 "of their log-probabilities (perceiver.ensemble.EnsembleClassifier, saved in OUT/model)")
-    evaluation.add_argument("--members-at-once", type=int, default=None,
-                            help="train up to this many members at once, each in a process of its own on --threads / "
-                                 "K threads, its output in OUT/member-k/train.log (default: on a CPU, one member per "
-                                 "thread of --threads, at most --members: two one-thread runs side by side train "
-                                 "faster than one run on two threads, docs/exps.md; on a GPU, one)")
+    add_member_args(evaluation)
     evaluation.add_argument("--eval-speeds", type=float, nargs="+", default=EVAL_SPEEDS,
                             help="each evaluation also scores every clip on its mean log-probabilities over these "
                                  "playback speeds (reported beside the plain accuracy as *speed_averaged_accuracy)")
@@ -209,13 +200,7 @@ def check_arguments(parser, args) -> None:
         parser.error(f"--tilt: expected a number in [0, 1), got {args.tilt}")
     if args.speech_margin < 0:
         parser.error(f"--speech-margin: expected seconds >= 0, got {args.speech_margin}")
-    if args.members < 1:
-        parser.error(f"--members: expected an int >= 1, got {args.members}")
-    if args.members_at_once is not None and args.members_at_once < 1:
-        parser.error(f"--members-at-once: expected an int >= 1, got {args.members_at_once}")
-    if args.members > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        parser.error("--members: expected 1 under torchrun (one process group per run); train each member as a run "
-                     "of its own (--seed S --out DIR) and combine them with perceiver.ensemble.EnsembleClassifier")
+    check_member_args(parser, args)
     if min(args.eval_speeds) <= 0:
         parser.error(f"--eval-speeds: expected positive speed factors, got {list(args.eval_speeds)}")
     if args.max_shift < 0 or not 0 < min(args.speed) <= max(args.speed):
@@ -361,22 +346,8 @@ def train_ensemble(args) -> dict:
     # Built (when missing) with the ensemble's seed before any member runs, so that every member finds these shards
     # rather than building its own from its own seed.
     shards = run_shards(args)
-    pending = []
-    for k in range(args.members):
-        member_out = out / f"member-{k}"
-        if args.resume and (member_out / "metrics.json").is_file() and (member_out / "model").is_dir():
-            print(f"member {k}: finished in {member_out}, kept")
-        else:
-            pending.append(k)
-    at_once, threads = members_at_once(args, len(pending))
-    if at_once > 1:
-        train_side_by_side(train_one, args, pending, at_once, threads, describe=describe_member)
-    else:
-        for k in pending:
-            print(f"member {k} of {args.members}: seed {args.seed + k}, in {out / f'member-{k}'}")
-            train_one(member_arguments(args, k))
-    members = [json.loads((out / f"member-{k}" / "metrics.json").read_text()) for k in range(args.members)]
-    ensemble = EnsembleClassifier(models=[load_model(out / f"member-{k}" / "model") for k in range(args.members)])
+    members, at_once = train_members(train_one, args, describe=describe_member)
+    ensemble = load_ensemble(args)
     run = start_run(args, name=NAME)
     ensemble = ensemble.to(run.context.device).eval()
     metrics, matrices = evaluate_splits(ensemble, args, shards, run.context.device, figures=run.tracker.saves_figures)
@@ -385,14 +356,8 @@ def train_ensemble(args) -> dict:
     atomic_write_text(out / "confusion_matrices.json", json.dumps(matrices) + "\n")
     return run.finish({
         **reported(metrics, matrices),
-        "members": args.members,
+        **ensemble_summary(members, MEMBER_FIGURES),
         "members_at_once": at_once,
-        **{f"member{k}_{name}": found[name] for k, found in enumerate(members) for name in MEMBER_FIGURES},
-        # Each member's steps; the time, size and skipped samples of all of them.
-        "steps": members[0]["steps"],
-        "train_seconds": round(sum(found["train_seconds"] for found in members), 2),
-        "parameters": sum(found["parameters"] for found in members),
-        "corrupt_samples": sum(found["corrupt_samples"] for found in members),
         "world_size": run.context.world_size,
     })
 
