@@ -2,13 +2,21 @@
 
 The shards are built from the Debian package ``dataset-fashion-mnist`` under ``--data`` when absent; the test split
 is the dataset's own 10,000 test images, never seen in training. Training mirrors half of each batch left to right
-(``--max-shift`` adds random shifts, ``--occlusion`` cutout squares; neither helped, see docs/exps.md)::
+(``--max-shift`` adds random shifts, ``--occlusion`` cutout squares; neither helped, see docs/exps.md).
 
-    python -m experiments.fashion_mnist --out runs/fashion-mnist
+``--members N`` trains N models (seeds ``--seed`` + k, in ``OUT/member-k``) and scores the mean of their
+log-probabilities as one model (``perceiver.ensemble.EnsembleClassifier``, saved in ``OUT/model``). On a CPU they train
+side by side, one per thread, each over the whole ``--max-minutes``; members trained in turns share the budget. On two
+cores two one-thread members in the 28 minutes score above one two-thread model (docs/exps.md)::
+
+    python -m experiments.fashion_mnist --out runs/fashion-mnist --members 2
+    python -m experiments.fashion_mnist --out runs/fashion-mnist-one   # one model over both threads
     torchrun --nproc_per_node=2 -m experiments.fashion_mnist --out runs/fashion-mnist-ddp
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,6 +25,8 @@ from experiments.common import (FASHION_CLASSES, FASHION_MNIST, add_data_args, a
                                 check_args, check_image_model_args, check_occlusion, classifier, confusion_metrics,
                                 ensure_shards, normalize_fashion, per_rank_seed, run_summary, shift_and_flip_images,
                                 start_run, train_on_shards)
+from experiments.members import (add_member_args, check_member_args, ensemble_summary, load_ensemble,
+                                 train_members)
 from perceiver import PerceiverIO
 from perceiver.adapters import ConvAdapter, PatchAdapter
 from perceiver.augment import occlude_and_add_noise
@@ -58,21 +68,57 @@ def arg_parser():
     # (92.5% with them, 92.9% with flips alone, and flips alone ahead at step 2,000 in three seeds; docs/exps.md).
     add_image_model_args(parser, max_shift=0, conv_channels=CONV_CHANNELS, conv_strides=CONV_STRIDES)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
+    add_member_args(parser)
     parser.add_argument("--occlusion", type=int, default=0,
                         help="augmentation: side in pixels of a square, at a random place in every training image, "
                              "replaced by uniform noise (cutout); 0: off")
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_arguments(argv: list[str] | None = None):
+    """The experiment's flags, checked (``argv`` None: the command line)."""
     parser = arg_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
     check_image_model_args(parser, args)
     check_occlusion(parser, args.occlusion)
+    check_member_args(parser, args)
+    return args
 
+
+def run_shards(args) -> dict[str, list[str]]:
+    return ensure_shards(FASHION_MNIST, args.data, ("train", "test"), limit=args.limit, seed=args.seed)
+
+
+@torch.no_grad()
+def evaluate_test(model: nn.Module, args, shards: dict[str, list[str]], device, *, figures: bool) -> dict:
+    """Accuracy and confusion metrics on the test split, and ``accuracy_with_mirror``: each image scored on the mean
+    of its and its mirror's logits (training flips images, so both are in distribution), reported beside the plain
+    accuracy, never in its place."""
+    num_classes = len(FASHION_CLASSES)
+    counts = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    mirrored_hits = torch.zeros((), dtype=torch.int64, device=device)
+    for batch in make_loader(shards["test"], batch_size=500, mode="epoch", shuffle=False,
+                             num_workers=args.num_workers):
+        images = normalize_fashion(batch["image"]).to(device)
+        labels = batch["label"].to(device)
+        logits = model(images)
+        counts += confusion_matrix(logits.argmax(dim=1), labels, num_classes=num_classes)
+        mirrored_hits += ((logits + model(images.flip(-1))).argmax(dim=1) == labels).sum()
+    metrics = confusion_metrics(all_reduce_sum(counts), list(FASHION_CLASSES), figure=figures)
+    return {**metrics, "accuracy_with_mirror": int(all_reduce_sum(mirrored_hits)) / max(1, metrics["samples"])}
+
+
+def reported(metrics: dict) -> dict:
+    return {"test_accuracy": metrics.get("accuracy", float("nan")),
+            "test_accuracy_with_mirror": metrics.get("accuracy_with_mirror", float("nan")),
+            "test_samples": int(metrics.get("samples", 0))}
+
+
+def train_one(args) -> dict:
+    """One model: trained, saved in ``OUT/model`` and scored on the test split."""
     run = start_run(args, name=NAME)
-    shards = ensure_shards(FASHION_MNIST, args.data, ("train", "test"), limit=args.limit, seed=args.seed)
+    shards = run_shards(args)
     model = build_model(args)
     per_rank_seed(args.seed, run.context.rank)
     device = run.context.device
@@ -87,32 +133,42 @@ def main(argv: list[str] | None = None) -> dict:
         loss = nn.functional.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
         return loss, {"accuracy": (logits.argmax(dim=1) == labels).float().mean()}
 
-    @torch.no_grad()
     def evaluate(model: nn.Module) -> dict:
-        num_classes = len(FASHION_CLASSES)
-        counts = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-        mirrored_hits = torch.zeros((), dtype=torch.int64, device=device)
-        for batch in make_loader(shards["test"], batch_size=500, mode="epoch", shuffle=False,
-                                 num_workers=args.num_workers):
-            images = normalize_fashion(batch["image"]).to(device)
-            labels = batch["label"].to(device)
-            logits = model(images)
-            counts += confusion_matrix(logits.argmax(dim=1), labels, num_classes=num_classes)
-            # The same model scored on the mean of its logits for the image and its mirror (training flips images,
-            # so both are in distribution): reported beside the plain accuracy, never in its place.
-            mirrored_hits += ((logits + model(images.flip(-1))).argmax(dim=1) == labels).sum()
-        metrics = confusion_metrics(all_reduce_sum(counts), list(FASHION_CLASSES), figure=run.tracker.saves_figures)
-        return {**metrics, "accuracy_with_mirror": int(all_reduce_sum(mirrored_hits)) / max(1, metrics["samples"])}
+        return evaluate_test(model, args, shards, device, figures=run.tracker.saves_figures)
 
     result = train_on_shards(model, args, run, shards["train"], loss_fn=loss_fn, evaluate=evaluate)
     if run.context.is_main:
         model.save_pretrained(run.out / "model")
-    return run.finish({
-        "test_accuracy": result.eval_metrics.get("accuracy", float("nan")),
-        "test_accuracy_with_mirror": result.eval_metrics.get("accuracy_with_mirror", float("nan")),
-        "test_samples": int(result.eval_metrics.get("samples", 0)),
-        **run_summary(result, model, run),
-    })
+    return run.finish({**reported(result.eval_metrics), **run_summary(result, model, run)})
+
+
+# The figures of each member that an ensemble's metrics repeat, as member{k}_{name}.
+MEMBER_FIGURES = ("test_accuracy", "test_accuracy_with_mirror", "final_train_loss")
+
+
+def describe_member(found: dict) -> str:
+    """A member's figures in a line, as it finishes."""
+    return f"test accuracy {found['test_accuracy']:.2%} ({found['test_accuracy_with_mirror']:.2%} with the mirror)"
+
+
+def train_ensemble(args) -> dict:
+    """``--members N``: N models (the k-th with seed ``--seed`` + k, in ``OUT/member-k``, each a run of its own that
+    ``--resume`` continues or, finished, keeps), trained ``--members-at-once`` at a time, each over the whole
+    ``--max-minutes`` budget, then their ensemble scored as one model and saved in ``OUT/model``."""
+    shards = run_shards(args)  # built once, before the members look for them
+    members, at_once = train_members(train_one, args, describe=describe_member)
+    run = start_run(args, name=NAME)
+    ensemble = load_ensemble(args).to(run.context.device).eval()
+    metrics = evaluate_test(ensemble, args, shards, run.context.device, figures=run.tracker.saves_figures)
+    run.tracker.log({f"eval/{key}": value for key, value in metrics.items()}, step=members[0]["steps"])
+    ensemble.save_pretrained(Path(args.out) / "model")
+    return run.finish({**reported(metrics), **ensemble_summary(members, MEMBER_FIGURES), "members_at_once": at_once,
+                       "world_size": run.context.world_size})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_arguments(argv)
+    return train_ensemble(args) if args.members > 1 else train_one(args)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,37 @@ def test_fashion_mnist_tiny_run(tmp_path, data):
     assert 0.0 <= mirrored_hits <= 40 and abs(mirrored_hits - round(mirrored_hits)) < 1e-6
 
 
+def test_fashion_mnist_members_are_scored_as_their_ensemble(tmp_path, data, monkeypatch, capsys):
+    """``--members 2``: two runs (seeds 0 and 1) and the test accuracy of the mean of their log-probabilities; trained
+    in turns, they share the clock budget."""
+    out = tmp_path / "run"
+    budgets, train_one = [], fashion_mnist.train_one
+    monkeypatch.setattr(fashion_mnist, "train_one", lambda args: budgets.append(args.max_minutes) or train_one(args))
+    returned = fashion_mnist.main(["--out", str(out), "--data", str(data), "--wandb", "offline", *TINY_RUN, "--limit",
+                                   "40", "--patch-size", "7", "--num-bands", "2", "--members", "2",
+                                   "--members-at-once", "1", "--max-minutes", "10"])
+    assert budgets == [5.0, 5.0] and "2 turns of 5 min (--max-minutes 10 shared)" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == returned and metrics["members"] == 2 and metrics["test_samples"] == 40
+    members = [json.loads((out / f"member-{k}" / "metrics.json").read_text()) for k in range(2)]
+    for k, found in enumerate(members):
+        assert metrics[f"member{k}_test_accuracy"] == found["test_accuracy"]
+    saved = [load_model(out / f"member-{k}" / "model").eval() for k in range(2)]
+    assert any(not torch.equal(a, b) for a, b in zip(*(m.state_dict().values() for m in saved)))  # seeds 0 and 1
+    assert isinstance(load_model(out / "model"), EnsembleClassifier)
+    batch = next(iter(make_loader(sorted((data / "fashion-mnist").glob("fashion-mnist-test-*.tar")), batch_size=40,
+                                  mode="epoch", shuffle=False)))
+    images = fashion_mnist.normalize_fashion(batch["image"])
+    with torch.no_grad():
+        log_probs = [m(images).log_softmax(-1) for m in saved]
+        mirrored = [m(images.flip(-1)).log_softmax(-1) for m in saved]
+    mean = torch.stack(log_probs).mean(0)
+    assert metrics["test_accuracy"] == pytest.approx((mean.argmax(1) == batch["label"]).float().mean().item())
+    # the mirror: the ensemble's output (a normalised mean of log-probabilities) summed over the image and its mirror
+    both = mean.log_softmax(-1) + torch.stack(mirrored).mean(0).log_softmax(-1)
+    assert metrics["test_accuracy_with_mirror"] == pytest.approx((both.argmax(1) == batch["label"]).float().mean().item())
+
+
 def test_image_augmentation_flags_choose_shifts_and_flips_apart():
     images = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     assert shift_and_flip_images(images, 0, False) is images  # no augmentation at all
