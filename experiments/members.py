@@ -104,9 +104,10 @@ def ensemble_summary(members: list[dict], figures: tuple[str, ...]) -> dict:
 
 def members_at_once(args: argparse.Namespace, pending: int) -> tuple[int, int]:
     """(members trained at once, threads each) for ``pending`` members: ``--members-at-once``, else one per thread of
-    ``--threads`` on a CPU (spoken_digits' small products and the Python of its augmentation use a second thread
-    poorly: on 2-core machines two one-thread runs side by side took 21–23 min each, one run on two threads 18–34
-    min, docs/exps.md) and one on a GPU."""
+    ``--threads`` on a CPU (the experiments' small products and the Python of their augmentation use a second thread
+    poorly: on 2-core machines two spoken-digits runs side by side on one thread each took 21–23 min, one on two
+    threads 18–34 min; in 28 minutes two one-thread Fashion-MNIST runs made 4,770–4,913 steps each, one on two
+    threads 5,323–7,803; docs/exps.md) and one on a GPU."""
     threads, _ = choose_threads(args.threads)
     at_once = args.members_at_once or (1 if uses_cuda(args.device) else threads)
     at_once = max(1, min(at_once, pending))
