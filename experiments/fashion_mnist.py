@@ -16,8 +16,6 @@ cores two one-thread members in the 28 minutes score above one two-thread model 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -25,7 +23,7 @@ from experiments.common import (FASHION_CLASSES, FASHION_MNIST, add_data_args, a
                                 check_args, check_image_model_args, check_occlusion, classifier, confusion_metrics,
                                 ensure_shards, normalize_fashion, per_rank_seed, run_summary, shift_and_flip_images,
                                 start_run, train_on_shards)
-from experiments.members import (add_member_args, check_member_args, ensemble_summary, load_ensemble,
+from experiments.members import (add_member_args, check_member_args, load_ensemble, record_ensemble,
                                  train_members)
 from perceiver import PerceiverIO
 from perceiver.adapters import ConvAdapter, PatchAdapter
@@ -160,10 +158,8 @@ def train_ensemble(args) -> dict:
     run = start_run(args, name=NAME)
     ensemble = load_ensemble(args).to(run.context.device).eval()
     metrics = evaluate_test(ensemble, args, shards, run.context.device, figures=run.tracker.saves_figures)
-    run.tracker.log({f"eval/{key}": value for key, value in metrics.items()}, step=members[0]["steps"])
-    ensemble.save_pretrained(Path(args.out) / "model")
-    return run.finish({**reported(metrics), **ensemble_summary(members, MEMBER_FIGURES), "members_at_once": at_once,
-                       "world_size": run.context.world_size})
+    return run.finish({**reported(metrics),
+                       **record_ensemble(run, ensemble, metrics, members, at_once, MEMBER_FIGURES)})
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -102,6 +102,16 @@ def ensemble_summary(members: list[dict], figures: tuple[str, ...]) -> dict:
     }
 
 
+def record_ensemble(run, ensemble: EnsembleClassifier, metrics: dict, members: list[dict], at_once: int,
+                    figures: tuple[str, ...]) -> dict:
+    """An ensemble's evaluation ``metrics`` logged at its members' step and the ensemble saved in ``OUT/model``;
+    returns what its metrics add to the experiment's own figures (``ensemble_summary``, how many members trained at
+    once, the world size)."""
+    run.tracker.log({f"eval/{key}": value for key, value in metrics.items()}, step=members[0]["steps"])
+    ensemble.save_pretrained(run.out / "model")
+    return {**ensemble_summary(members, figures), "members_at_once": at_once, "world_size": run.context.world_size}
+
+
 def members_at_once(args: argparse.Namespace, pending: int) -> tuple[int, int]:
     """(members trained at once, threads each) for ``pending`` members: ``--members-at-once``, else one per thread of
     ``--threads`` on a CPU (the experiments' small products and the Python of their augmentation use a second thread

@@ -36,14 +36,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from experiments.common import (add_data_args, build_parser, check_args, classifier, confusion_metrics, ensure_shards,
                                 per_rank_seed, run_summary, start_run, train_on_shards)
-from experiments.members import (add_member_args, check_member_args, ensemble_summary, load_ensemble,
+from experiments.members import (add_member_args, check_member_args, load_ensemble, record_ensemble,
                                  train_members)
 from perceiver import PerceiverIO
 from perceiver.adapters import SpectrogramAdapter, SpectrogramConvAdapter
@@ -342,7 +341,6 @@ def train_ensemble(args) -> dict:
     """``--members N``: N models (the k-th with seed ``--seed`` + k, in ``OUT/member-k``, each a run of its own that
     ``--resume`` continues or, finished, keeps), trained ``--members-at-once`` at a time, then their ensemble scored
     as one model and saved in ``OUT/model``."""
-    out = Path(args.out)
     # Built (when missing) with the ensemble's seed before any member runs, so that every member finds these shards
     # rather than building its own from its own seed.
     shards = run_shards(args)
@@ -351,15 +349,9 @@ def train_ensemble(args) -> dict:
     run = start_run(args, name=NAME)
     ensemble = ensemble.to(run.context.device).eval()
     metrics, matrices = evaluate_splits(ensemble, args, shards, run.context.device, figures=run.tracker.saves_figures)
-    run.tracker.log({f"eval/{key}": value for key, value in metrics.items()}, step=members[0]["steps"])
-    ensemble.save_pretrained(out / "model")
-    atomic_write_text(out / "confusion_matrices.json", json.dumps(matrices) + "\n")
-    return run.finish({
-        **reported(metrics, matrices),
-        **ensemble_summary(members, MEMBER_FIGURES),
-        "members_at_once": at_once,
-        "world_size": run.context.world_size,
-    })
+    atomic_write_text(run.out / "confusion_matrices.json", json.dumps(matrices) + "\n")
+    return run.finish({**reported(metrics, matrices),
+                       **record_ensemble(run, ensemble, metrics, members, at_once, MEMBER_FIGURES)})
 
 
 def main(argv: list[str] | None = None) -> dict:
