@@ -3,10 +3,12 @@
 Images (B, C, H, W): ``shift_and_flip``, ``occlude_and_add_noise``. Waveforms (B, T) with a trailing pad mask
 (B, T), True = padding: ``change_speed``, ``delay``, ``add_noise`` (white, pink or brown), ``add_white_noise`` (at one
 fixed SNR), ``reverberate`` (synthetic rooms),
-``telephone_band`` (a phone line's band and codec), ``gain_and_tilt`` (level and microphone colour). Each draws
-from torch's global generator unless given a ``generator``, so a seeded run augments the same way every time; each
-leaves padding at 0 and keeps it trailing. ``crop`` and ``crop_to_speech`` cut waveforms to an adapter's longest
-input, in training and evaluation alike. The spectrogram-level augmentations (SpecAugment masks, vocal tract length
+``telephone_band`` (a phone line's band and codec), ``gain_and_tilt`` (level and microphone colour),
+``trim_to_speech`` (a tight trim around the word), ``add_hum`` (mains hum), ``clip_peaks`` (an input driven into
+clipping). Each draws from torch's global generator unless given a ``generator``, so a seeded run augments the same
+way every time; each leaves padding at 0 and keeps it trailing. ``remove_dc``, ``crop`` and ``crop_to_speech``
+prepare waveforms for an adapter (a constant offset removed, cut to its longest input), in training and evaluation
+alike. The spectrogram-level augmentations (SpecAugment masks, vocal tract length
 perturbation) are options of ``perceiver.adapters.LogMelSpectrogram``.
 
 The filters come from ``scipy.signal`` (the ``data`` extra), imported where they are used.
@@ -336,3 +338,90 @@ def crop_to_speech(audio: Tensor, pad_mask: Tensor, *, max_samples: int, frame: 
     for i, cut in enumerate(cuts):
         out[i, : len(cut)] = cut
     return out, pad_mask_from_lengths(new_lengths, out.shape[1])
+
+
+def remove_dc(audio: Tensor, pad_mask: Tensor) -> Tensor:
+    """Each waveform less its mean over its real samples: a microphone's or sound card's constant offset, which
+    would otherwise make every frame, silence too, look loud to ``crop_to_speech`` and fill the lowest mel band.
+    Deterministic: for training and evaluation alike. Padding stays 0."""
+    lengths = _check_waveforms(audio, pad_mask)
+    real = zero_padding(audio, pad_mask)
+    mean = real.double().sum(dim=1, keepdim=True) / lengths[:, None].clamp(min=1)
+    return zero_padding(real - mean.to(audio), pad_mask)
+
+
+def trim_to_speech(audio: Tensor, pad_mask: Tensor, *, probability: float = 0.5,
+                   threshold_db: tuple[float, float] = (20.0, 40.0), max_margin: int = 10, frame: int = 160,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Trim a random ``probability`` of the waveforms as a person or a tool trims a recording, tight around the
+    word: ``crop_to_speech`` with a threshold drawn from ``threshold_db`` (dB below the loudest frame; 20 cuts into
+    weak onsets) and a margin of 0 to ``max_margin`` frames of ``frame`` samples. Recordings collected by others
+    often come trimmed that way, with none of the silence that ``crop_to_speech``'s own margin keeps around a
+    synthetic word. Returns waveforms no longer than before and their trailing pad mask."""
+    lengths = _check_waveforms(audio, pad_mask).tolist()
+    if max_margin < 0:
+        raise ValueError(f"max_margin: expected an int >= 0, got {max_margin}")
+    batch = audio.shape[0]
+    thresholds = _uniform(batch, threshold_db, "threshold_db", generator)
+    margins = torch.randint(0, max_margin + 1, (batch,), generator=generator)
+    chosen = _chosen(batch, probability, generator)
+    rows = []
+    for row, length, cut, threshold, margin in zip(audio, lengths, chosen, thresholds, margins):
+        row = row[:length]
+        if cut and length:
+            row = crop_to_speech(row[None], torch.zeros(1, length, dtype=torch.bool, device=audio.device),
+                                 max_samples=length, frame=frame, threshold_db=float(threshold),
+                                 margin=int(margin))[0][0]
+        rows.append(row)
+    new_lengths = torch.tensor([len(row) for row in rows], device=audio.device)
+    out = audio.new_zeros(batch, max(1, int(new_lengths.max())))
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out, pad_mask_from_lengths(new_lengths, out.shape[1])
+
+
+def clip_peaks(audio: Tensor, pad_mask: Tensor, *, probability: float = 0.25,
+               overdrive_db: tuple[float, float] = (0.0, 20.0), generator: torch.Generator | None = None) -> Tensor:
+    """Hard-clip a random ``probability`` of the waveforms, as a recording made too loud for its input: samples
+    beyond a level ``overdrive_db`` dB (drawn per waveform) below the waveform's own peak are cut to that level.
+    Lengths and the pad mask do not change; padding stays 0."""
+    _check_waveforms(audio, pad_mask)
+    batch = audio.shape[0]
+    overdrive = _uniform(batch, overdrive_db, "overdrive_db", generator)
+    if min(overdrive_db) < 0:
+        raise ValueError(f"overdrive_db: expected dB >= 0 (low, high), got {tuple(overdrive_db)}")
+    chosen = _chosen(batch, probability, generator).to(audio.device)
+    real = zero_padding(audio, pad_mask)
+    level = real.abs().amax(dim=1, keepdim=True) * (10 ** (-overdrive[:, None] / 20)).to(audio)
+    return torch.where(chosen[:, None], torch.minimum(torch.maximum(real, -level), level), real)
+
+
+MAINS_HZ = (50.0, 60.0)
+
+
+def add_hum(audio: Tensor, pad_mask: Tensor, *, sample_rate: int, probability: float = 0.25,
+            snr_db: tuple[float, float] = (10.0, 40.0), harmonics: int = 5,
+            generator: torch.Generator | None = None) -> Tensor:
+    """Mains hum on a random ``probability`` of the waveforms: a 50 or 60 Hz tone and its first ``harmonics``
+    multiples, each with a random amplitude (falling as 1/k on average) and phase, at a signal-to-hum ratio drawn
+    from ``snr_db`` over the waveform's real samples: the buzz of a cheap microphone near the mains. Lengths and the
+    pad mask do not change; padding stays 0."""
+    lengths = _check_waveforms(audio, pad_mask)
+    if harmonics < 1:
+        raise ValueError(f"harmonics: expected an int >= 1, got {harmonics}")
+    batch, length = audio.shape
+    snr = _uniform(batch, snr_db, "snr_db", generator)
+    chosen = _chosen(batch, probability, generator)
+    mains = torch.tensor(MAINS_HZ, dtype=torch.float64)[torch.randint(0, len(MAINS_HZ), (batch,), generator=generator)]
+    k = torch.arange(1, harmonics + 1, dtype=torch.float64)
+    amplitudes = torch.rand(batch, harmonics, generator=generator, dtype=torch.float64) * 2 / k
+    phases = torch.rand(batch, harmonics, generator=generator, dtype=torch.float64) * 2 * math.pi
+    t = torch.arange(length, dtype=torch.float64) / sample_rate
+    hum = (amplitudes[:, :, None] * torch.sin(2 * math.pi * mains[:, None, None] * k[None, :, None] * t
+                                               + phases[:, :, None])).sum(dim=1)
+    real = zero_padding(audio, pad_mask)
+    valid = (~pad_mask).cpu()
+    power = real.double().cpu().pow(2).sum(dim=1) / lengths.cpu().clamp(min=1)
+    hum_power = (hum * valid).pow(2).sum(dim=1) / lengths.cpu().clamp(min=1)
+    scale = torch.sqrt(power / 10 ** (snr / 10) / hum_power.clamp(min=1e-12)) * chosen
+    return zero_padding(real + (scale[:, None] * hum).to(audio), pad_mask)

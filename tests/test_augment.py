@@ -11,9 +11,9 @@ import torch
 
 from perceiver import build_module, module_spec
 from perceiver.adapters import LogMelSpectrogram, SpectrogramAdapter, SpectrogramConvAdapter
-from perceiver.augment import (add_noise, add_white_noise, change_speed, crop, crop_to_speech, delay, gain_and_tilt,
-                               occlude_and_add_noise, reverberate, room_impulse_responses, shift_and_flip,
-                               telephone_band)
+from perceiver.augment import (add_hum, add_noise, add_white_noise, change_speed, clip_peaks, crop, crop_to_speech,
+                               delay, gain_and_tilt, occlude_and_add_noise, remove_dc, reverberate,
+                               room_impulse_responses, shift_and_flip, telephone_band, trim_to_speech)
 from perceiver.masks import pad_mask_from_lengths
 
 RATE = 16000
@@ -176,6 +176,78 @@ def test_crop_to_speech_finds_the_word_at_any_level_and_silence():
     torch.testing.assert_close(out[1, :4000], audio[1, :4000])
     longer, longer_mask = crop_to_speech(audio, mask, max_samples=1000)  # the loudest 1,000 samples
     assert (~longer_mask).sum(dim=1).tolist() == [1000, 1000, 1000]
+
+
+def test_remove_dc_takes_each_waveforms_mean_over_its_real_samples_only():
+    audio, mask = padded_noise([3000, 1200], 3000)
+    offset = torch.tensor([[0.5], [-2.0]], dtype=torch.float64)
+    out = remove_dc(audio.masked_fill(mask, 0.0) + offset * (~mask), mask)
+    assert_padding_kept(out, mask)
+    for row, length in ((0, 3000), (1, 1200)):
+        x = audio[row, :length].numpy()
+        np.testing.assert_allclose(out[row, :length].numpy(), x - x.mean(), rtol=0, atol=1e-12)
+    # With an offset, crop_to_speech finds no silence; once it is removed, the same cut as without one.
+    word = torch.zeros(1, 20000, dtype=torch.float64)
+    word[0, 8000:12000] = torch.sin(torch.arange(4000, dtype=torch.float64) / 5)
+    none = torch.zeros(1, 20000, dtype=torch.bool)
+    offset_cut = crop_to_speech(word + 0.3, none, max_samples=20000)[1]
+    clean_cut = crop_to_speech(word, none, max_samples=20000)[1]
+    assert int((~offset_cut).sum()) == 20000 and int((~clean_cut).sum()) < 8000
+    assert torch.equal(crop_to_speech(remove_dc(word + 0.3, none), none, max_samples=20000)[1], clean_cut)
+
+
+def test_trim_to_speech_cuts_tight_around_the_word_and_keeps_padding_trailing():
+    word = torch.sin(torch.arange(4000, dtype=torch.float64) / 5)
+    audio = torch.zeros(3, 24000, dtype=torch.float64)
+    audio[0, 6000:10000] = word
+    audio[1, 2000:6000] = word
+    audio[2, 16080:20080] = word
+    mask = pad_mask_from_lengths(torch.tensor([24000, 9000, 22000]), 24000)
+    out, out_mask = trim_to_speech(audio, mask, probability=1.0, threshold_db=(40.0, 40.0), max_margin=0)
+    assert_padding_kept(out, out_mask)
+    # 4,000 samples that start and end mid-frame: 26 whole frames of 160 samples, the word inside them.
+    assert (~out_mask).sum(dim=1).tolist() == [26 * 160] * 3
+    torch.testing.assert_close(out[0, 80:4080], word)  # the word began 6,000 - 5,920 = 80 samples into frame 37
+    margins = trim_to_speech(audio, mask, probability=1.0, threshold_db=(40.0, 40.0), max_margin=3,
+                             generator=torch.Generator().manual_seed(0))[1]
+    assert all(26 * 160 <= n <= 32 * 160 for n in (~margins).sum(dim=1).tolist())
+    kept, kept_mask = trim_to_speech(audio, mask, probability=0.0)
+    assert torch.equal(kept[:, :24000], audio) and torch.equal(kept_mask, mask)
+    with pytest.raises(ValueError, match="max_margin"):
+        trim_to_speech(audio, mask, max_margin=-1)
+    with pytest.raises(ValueError, match="threshold_db"):
+        trim_to_speech(audio, mask, threshold_db=(40.0, 20.0))
+
+
+def test_clip_peaks_cuts_at_the_drawn_level_below_each_peak():
+    audio, mask = padded_noise([2000, 800], 2000)
+    out = clip_peaks(audio, mask, probability=1.0, overdrive_db=(12.0, 12.0))
+    assert_padding_kept(out, mask)
+    for row, length in ((0, 2000), (1, 800)):
+        x = audio[row, :length].numpy()
+        level = np.abs(x).max() * 10 ** (-12 / 20)
+        np.testing.assert_allclose(out[row, :length].numpy(), np.clip(x, -level, level), rtol=0, atol=1e-12)
+    assert torch.equal(clip_peaks(audio, mask, probability=0.0), audio)
+    with pytest.raises(ValueError, match="overdrive_db"):
+        clip_peaks(audio, mask, overdrive_db=(-3.0, 6.0))
+
+
+def test_hum_sits_at_the_mains_harmonics_at_the_asked_snr():
+    audio, mask = padded_noise([32000, 16000], 32000)
+    out = add_hum(audio, mask, sample_rate=RATE, probability=1.0, snr_db=(10.0, 10.0))
+    assert_padding_kept(out, mask)
+    for row, length in ((0, 32000), (1, 16000)):
+        hum = (out - audio)[row, :length].numpy()
+        snr = 10 * math.log10((audio[row, :length].numpy() ** 2).mean() / (hum**2).mean())
+        assert abs(snr - 10.0) < 1e-6
+        spectrum = np.abs(np.fft.rfft(hum)) ** 2
+        freqs = np.fft.rfftfreq(length, 1 / RATE)
+        at_mains = [spectrum[np.isclose(freqs % base, 0) & (freqs > 0) & (freqs <= 5 * base)].sum()
+                    for base in (50.0, 60.0)]
+        assert max(at_mains) > 0.99 * spectrum.sum()  # all of it on the harmonics of 50 or of 60 Hz
+    assert torch.equal(add_hum(audio, mask, sample_rate=RATE, probability=0.0), audio)
+    with pytest.raises(ValueError, match="harmonics"):
+        add_hum(audio, mask, sample_rate=RATE, harmonics=0)
 
 
 def test_crop_keeps_the_first_samples():
