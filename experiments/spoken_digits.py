@@ -14,8 +14,8 @@ log-probabilities over the playback speeds of ``--eval-speeds`` (``plain_and_spe
 Every clip, in training and evaluation alike, is cut to where it speaks (``perceiver.augment.crop_to_speech``), so
 long silences and tight trims reach the model alike; the log-mel spectrogram stops at ``--f-max`` (4 kHz, the band
 of telephone audio) and is standardised per utterance, so the level does not matter. Training augments each batch
-of waveforms with a random playback speed, level and spectral tilt, a synthetic room, a leading silence, white, pink
-or brown noise and a telephone line; ``--warp``, ``--time-masks`` and ``--freq-masks`` add a vocal tract length warp
+of waveforms with a random playback speed, level and spectral tilt, a synthetic room, a leading silence, a tight
+trim around the word, white, pink or brown noise, mains hum, clipping and a telephone line; ``--warp``, ``--time-masks`` and ``--freq-masks`` add a vocal tract length warp
 and SpecAugment masks to the spectrogram (``LogMelSpectrogram``'s options, active in training mode only; off by
 default, as they slowed learning in a short probe and ended behind in two full runs, docs/exps.md). ``--input``
 picks the adapter: two 1-D convolutions over time with the mel bins as channels, one token per 4 frames (``conv``,
@@ -46,8 +46,8 @@ from experiments.members import (add_member_args, check_member_args, load_ensemb
                                  train_members)
 from perceiver import PerceiverIO
 from perceiver.adapters import SpectrogramAdapter, SpectrogramConvAdapter
-from perceiver.augment import (NOISE_COLORS, add_noise, change_speed, crop, crop_to_speech, delay, gain_and_tilt,
-                               reverberate, telephone_band)
+from perceiver.augment import (NOISE_COLORS, add_hum, add_noise, change_speed, clip_peaks, crop, crop_to_speech, delay,
+                               gain_and_tilt, remove_dc, reverberate, telephone_band, trim_to_speech)
 from perceiver.data import make_loader
 from perceiver.files import atomic_write_text
 from perceiver.training.distributed import all_reduce_sum
@@ -91,14 +91,17 @@ def cut_to_speech(audio: torch.Tensor, pad_mask: torch.Tensor, *, max_samples: i
     """Each clip cut to where it speaks, at most ``max_samples`` long, with ``speech_margin`` seconds kept either
     side: the same in training, evaluation and ``experiments.predict_digits``. A wider margin keeps more of the weak
     onsets and endings (the f of "four", the th of "three") that lie up to 55 dB below a word's loudest frame, where
-    the 40 dB threshold alone cuts them."""
-    return crop_to_speech(audio, pad_mask, max_samples=max_samples, frame=SAMPLE_RATE // 100,
+    the 40 dB threshold alone cuts them. A constant offset is removed first (``remove_dc``): with one, every frame
+    looks loud and nothing is cut."""
+    return crop_to_speech(remove_dc(audio, pad_mask), pad_mask, max_samples=max_samples, frame=SAMPLE_RATE // 100,
                           margin=round(speech_margin * 100))  # frames of 10 ms
 
 
 def augment_waveforms(audio: torch.Tensor, pad_mask: torch.Tensor, args) -> tuple[torch.Tensor, torch.Tensor]:
     """The training augmentation of waveforms cut to speech, in the order sound meets them: the speaker (speed),
-    the microphone (level, tilt), the room (reverberation), a leading silence, background noise, the phone line."""
+    the microphone (level, tilt), the room (reverberation), a leading silence, a tight trim of the word, background
+    noise, mains hum, an input driven into clipping, the phone line. The trim comes before the noise, as a microphone's
+    hiss covers a whole recording, so that a trimmed clip is tight however noisy."""
     if tuple(args.speed) != (1.0, 1.0):
         audio, pad_mask = change_speed(audio, pad_mask, speeds=args.speed)
     if args.gain_tilt:
@@ -106,8 +109,14 @@ def augment_waveforms(audio: torch.Tensor, pad_mask: torch.Tensor, args) -> tupl
     if args.reverb > 0:
         audio = reverberate(audio, pad_mask, sample_rate=SAMPLE_RATE, rt60=args.rt60, probability=args.reverb)
     audio, pad_mask = delay(audio, pad_mask, max_shift=round(args.max_shift * SAMPLE_RATE))
+    if args.trim > 0:
+        audio, pad_mask = trim_to_speech(audio, pad_mask, probability=args.trim, frame=SAMPLE_RATE // 100)
     if not args.no_noise:
         audio = add_noise(audio, pad_mask, snr_db=args.snr_db, colors=args.noise_colors)
+    if args.hum > 0:
+        audio = add_hum(audio, pad_mask, sample_rate=SAMPLE_RATE, probability=args.hum)
+    if args.clip > 0:
+        audio = clip_peaks(audio, pad_mask, probability=args.clip)
     if args.telephone > 0:
         audio = telephone_band(audio, pad_mask, sample_rate=SAMPLE_RATE, probability=args.telephone)
     return audio, pad_mask
@@ -173,6 +182,13 @@ def add_arguments(parser) -> None:
     data.add_argument("--noise-colors", nargs="+", choices=tuple(NOISE_COLORS), default=list(NOISE_COLORS),
                       help="colours of the added noise, one drawn per clip")
     data.add_argument("--no-noise", action="store_true", help="add no noise")
+    data.add_argument("--trim", type=float, default=0.5,
+                      help="fraction of clips trimmed tight around the word (0 to 0.1 s left, cut at 20-40 dB), as "
+                           "recordings collected by others often come")
+    data.add_argument("--hum", type=float, default=0.25,
+                      help="fraction of clips with mains hum (50 or 60 Hz and harmonics, 10-40 dB below the speech)")
+    data.add_argument("--clip", type=float, default=0.25,
+                      help="fraction of clips hard-clipped 0-20 dB below their peak, as a recording made too loud")
     data.add_argument("--telephone", type=float, default=0.5, help="fraction of clips sent down a telephone line")
     data.add_argument("--warp", type=float, default=0.0, help="vocal tract length warp: factors 1 ± WARP")
     data.add_argument("--time-masks", type=int, default=0, help="SpecAugment time masks per clip")
@@ -192,7 +208,7 @@ def check_arguments(parser, args) -> None:
         parser.error(f"--patch-mels: expected a divisor of --n-mels={args.n_mels}, got {args.patch_mels}")
     if not 0 < args.f_max <= SAMPLE_RATE / 2:
         parser.error(f"--f-max: expected a frequency in (0, {SAMPLE_RATE // 2}] Hz, got {args.f_max}")
-    for flag in ("reverb", "telephone"):
+    for flag in ("reverb", "trim", "hum", "clip", "telephone"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
             parser.error(f"--{flag}: expected a fraction in [0, 1], got {getattr(args, flag)}")
     if not 0.0 <= args.tilt < 1.0:
