@@ -11,13 +11,15 @@ flite, Festival and SAM, plus SVOX Pico and Asterisk's recorded digits. Three ev
 Each reports its plain accuracy and, beside it, ``speed_averaged_accuracy``: every clip scored on its mean
 log-probabilities over the playback speeds of ``--eval-speeds`` (``plain_and_speed_averaged_log_probs``).
 
-Every clip, in training and evaluation alike, is cut to where it speaks (``perceiver.augment.crop_to_speech``), so
-long silences and tight trims reach the model alike; the log-mel spectrogram stops at ``--f-max`` (4 kHz, the band
-of telephone audio) and is standardised per utterance, so the level does not matter. Training augments each batch
-of waveforms with a random playback speed, level and spectral tilt, a synthetic room, a leading silence, a tight
-trim around the word, white, pink or brown noise, mains hum, clipping and a telephone line; ``--warp``, ``--time-masks`` and ``--freq-masks`` add a vocal tract length warp
-and SpecAugment masks to the spectrogram (``LogMelSpectrogram``'s options, active in training mode only; off by
-default, as they slowed learning in a short probe and ended behind in two full runs, docs/exps.md). ``--input``
+Every clip, in training and evaluation alike, is freed of any constant offset (``perceiver.augment.remove_dc``) and
+cut to where it speaks (``perceiver.augment.crop_to_speech``), so long silences and tight trims reach the model
+alike; the log-mel spectrogram stops at ``--f-max`` (4 kHz, the band of telephone audio) and is standardised per
+utterance, so the level does not matter. Training augments each batch of waveforms with a random playback speed,
+level and spectral tilt, a synthetic room, a leading silence, a tight trim around the word, white, pink or brown
+noise, mains hum, clipping and a telephone line (``benchmarks/recording_conditions.py`` scores a model under such
+conditions); ``--warp``, ``--time-masks`` and ``--freq-masks`` add a vocal tract length warp and SpecAugment masks
+to the spectrogram (``LogMelSpectrogram``'s options, active in training mode only; off by default, as they slowed
+learning in a short probe and ended behind in two full runs, docs/exps.md). ``--input``
 picks the adapter: two 1-D convolutions over time with the mel bins as channels, one token per 4 frames (``conv``,
 ``SpectrogramConvAdapter``, the default: ahead of the others in a side-by-side probe), one linear token per 4
 full-band frames (``time-frames``), or time × frequency tiles (``patches``). ``--members N`` trains N models

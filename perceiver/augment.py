@@ -80,6 +80,16 @@ def _check_waveforms(audio: Tensor, pad_mask: Tensor) -> Tensor:
     return lengths
 
 
+def _stack_rows(rows: list[Tensor], like: Tensor) -> tuple[Tensor, Tensor]:
+    """Waveforms of new lengths (each 1-D) as one batch (B, T') of ``like``'s dtype and device, zero-padded at the
+    end, and its trailing pad mask."""
+    lengths = torch.tensor([len(row) for row in rows], device=like.device)
+    out = like.new_zeros(len(rows), max(1, int(lengths.max())))
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out, pad_mask_from_lengths(lengths, out.shape[1])
+
+
 def change_speed(audio: Tensor, pad_mask: Tensor, *, speeds: tuple[float, float],
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Play each waveform faster or slower by a factor drawn uniformly from ``speeds`` (linear interpolation).
@@ -96,11 +106,7 @@ def change_speed(audio: Tensor, pad_mask: Tensor, *, speeds: tuple[float, float]
         new_length = max(1, round(length / factor))
         resampled.append(nn.functional.interpolate(row[None, None, :max(1, length)], size=new_length, mode="linear",
                                                    align_corners=False)[0, 0])
-    new_lengths = torch.tensor([len(row) for row in resampled], device=audio.device)
-    padded = audio.new_zeros(len(resampled), int(new_lengths.max()))
-    for i, row in enumerate(resampled):
-        padded[i, :len(row)] = row
-    return padded, pad_mask_from_lengths(new_lengths, padded.shape[1])
+    return _stack_rows(resampled, audio)
 
 
 def delay(audio: Tensor, pad_mask: Tensor, *, max_shift: int,
@@ -333,11 +339,7 @@ def crop_to_speech(audio: Tensor, pad_mask: Tensor, *, max_samples: int, frame: 
             start += int(window.argmax())
             end = start + max_samples
         cuts.append(row[start:end])
-    new_lengths = torch.tensor([len(cut) for cut in cuts], device=audio.device)
-    out = audio.new_zeros(len(cuts), max(1, int(new_lengths.max())))
-    for i, cut in enumerate(cuts):
-        out[i, : len(cut)] = cut
-    return out, pad_mask_from_lengths(new_lengths, out.shape[1])
+    return _stack_rows(cuts, audio)
 
 
 def remove_dc(audio: Tensor, pad_mask: Tensor) -> Tensor:
@@ -373,11 +375,7 @@ def trim_to_speech(audio: Tensor, pad_mask: Tensor, *, probability: float = 0.5,
                                  max_samples=length, frame=frame, threshold_db=float(threshold),
                                  margin=int(margin))[0][0]
         rows.append(row)
-    new_lengths = torch.tensor([len(row) for row in rows], device=audio.device)
-    out = audio.new_zeros(batch, max(1, int(new_lengths.max())))
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = row
-    return out, pad_mask_from_lengths(new_lengths, out.shape[1])
+    return _stack_rows(rows, audio)
 
 
 def clip_peaks(audio: Tensor, pad_mask: Tensor, *, probability: float = 0.25,
