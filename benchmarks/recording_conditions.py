@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 from experiments.predict_digits import run_settings
 from experiments.spoken_digits import (DATASET, EVAL_SPEEDS, SAMPLE_RATE, SPEECH_MARGIN, cut_to_speech,
@@ -130,6 +131,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the free cores)")
     parser.add_argument("--out", type=Path, default=None, help="also write OUT.md and OUT.json")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit: expected a positive number of clips, got {args.limit}")
@@ -153,13 +155,15 @@ def main(argv: list[str] | None = None) -> dict:
         margin = trained_with.get("speech_margin", SPEECH_MARGIN)
         speeds = tuple(trained_with.get("eval_speeds", EVAL_SPEEDS))
         for split in args.splits:
-            hits = score(model, batches_of(shards[split], args.limit, args.batch_size), args.conditions,
-                         speech_margin=margin, speeds=speeds)
+            batches = tqdm(batches_of(shards[split], args.limit, args.batch_size),
+                           desc=f"{model_dir.parent.name} {split}", unit="batch", disable=args.no_progress)
+            hits = score(model, batches, args.conditions, speech_margin=margin, speeds=speeds)
             rows.append({"model": str(model_dir), "split": split, **hits})
             print(f"{model_dir} {split}: " + ", ".join(
                 f"{name} {100 * h['plain'] / h['clips']:.1f}%" for name, h in hits.items()), flush=True)
-    report = {"command": " ".join(["python -m benchmarks.recording_conditions", *argv]), "machine": f"{platform.machine()}, torch {torch.__version__}",
-              "conditions": list(args.conditions), "rows": rows}
+    report = {"command": " ".join(["python -m benchmarks.recording_conditions", *argv]),
+              "machine": f"{platform.machine()}, torch {torch.__version__}", "conditions": list(args.conditions),
+              "rows": rows}
     table = markdown(report)
     print(table)
     if args.out:

@@ -7,10 +7,10 @@ The model is the ``model`` folder in the experiment's ``--out`` (one model's, or
 
 Each file that libsndfile reads (WAV, FLAC, OGG; any sample rate; its channels averaged) is resampled to the model's
 rate, freed of any offset, cut to where it speaks with the margin the model was trained with, and scored as the
-experiment's evaluation scores a clip: on its log-probabilities averaged over the training run's playback speeds (``--speeds`` chooses
-others; ``--speeds 1`` scores each clip once), with the plain prediction beside it. Folders are searched for audio
-files. When every file's name begins with its digit followed by anything but a letter or digit (``7.wav``,
-``7_jackson_12.wav``), the accuracy is printed too, plain and speed-averaged, with each digit's.
+experiment's evaluation scores a clip: on its log-probabilities averaged over the training run's playback speeds
+(``--speeds`` chooses others; ``--speeds 1`` scores each clip once), with the plain prediction beside it. Folders
+are searched for audio files. When every file's name begins with its digit followed by anything but a letter or
+digit (``7.wav``, ``7_jackson_12.wav``), the accuracy is printed too, plain and speed-averaged, with each digit's.
 """
 
 from __future__ import annotations
