@@ -74,13 +74,14 @@ CONDITIONS: dict[str, tuple[str, Condition]] = {
 
 @torch.no_grad()
 def score(model: torch.nn.Module, batches, conditions: list[str], *, speech_margin: float,
-          speeds: tuple[float, ...], seed: int = 0) -> dict[str, dict[str, int]]:
-    """Hits per condition, plain and averaged over ``speeds``, over ``batches`` ({audio, audio_pad_mask, label})."""
+          speeds: tuple[float, ...]) -> dict[str, dict[str, int]]:
+    """Hits per condition, plain and averaged over ``speeds``, over ``batches`` ({audio, audio_pad_mask, label}).
+    Batch ``i`` meets every condition with a generator seeded ``i``: the same draws for every model."""
     max_samples = model.input_adapter.max_samples
     hits = {name: {"clips": 0, "plain": 0, "speed_averaged": 0} for name in conditions}
     for index, batch in enumerate(batches):
         for name in conditions:
-            generator = torch.Generator().manual_seed(seed * 100003 + index)  # one draw per batch for every model
+            generator = torch.Generator().manual_seed(index)
             audio, pad_mask = CONDITIONS[name][1](batch["audio"], batch["audio_pad_mask"], generator)
             audio, pad_mask = cut_to_speech(audio, pad_mask, max_samples=max_samples, speech_margin=speech_margin)
             plain, averaged = plain_and_speed_averaged_log_probs(model, audio, pad_mask, speeds=speeds,
