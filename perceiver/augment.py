@@ -155,6 +155,16 @@ def colored_noise(batch: int, length: int, exponents: Tensor, *, generator: torc
     return shaped / shaped.pow(2).mean(dim=1, keepdim=True).sqrt().clamp(min=1e-12)
 
 
+def _scale_to_snr(real: Tensor, interference: Tensor, pad_mask: Tensor, lengths: Tensor, snr: Tensor) -> Tensor:
+    """Per waveform (B,), float64 on the CPU: the factor that puts ``interference`` (B, T), float64 on the CPU,
+    ``snr`` dB (B,) below the power of ``real`` (the waveforms, padding 0), both powers taken over each waveform's
+    real samples only, so that the SNR holds whatever the padding."""
+    count = lengths.cpu().clamp(min=1)
+    power = real.double().pow(2).sum(dim=1).cpu() / count
+    inside = torch.where(pad_mask.cpu(), torch.zeros((), dtype=torch.float64), interference)
+    return torch.sqrt(power / 10 ** (snr / 10) / (inside.pow(2).sum(dim=1) / count).clamp(min=1e-12))
+
+
 def add_noise(audio: Tensor, pad_mask: Tensor, *, snr_db: tuple[float, float], colors: tuple[str, ...] = ("white",),
               generator: torch.Generator | None = None) -> Tensor:
     """Noise of a colour drawn from ``colors`` (``"white"``, ``"pink"``, ``"brown"``) at a signal-to-noise ratio
@@ -166,16 +176,12 @@ def add_noise(audio: Tensor, pad_mask: Tensor, *, snr_db: tuple[float, float], c
         raise ValueError(f"colors: expected a non-empty subset of {tuple(NOISE_COLORS)}, got {tuple(colors)}")
     batch, length = audio.shape
     real = zero_padding(audio, pad_mask)
-    power = real.double().pow(2).sum(dim=1).cpu() / lengths.cpu().clamp(min=1)
     snr = _uniform(batch, snr_db, "snr_db", generator)
     picks = torch.randint(0, len(colors), (batch,), generator=generator)
     exponents = torch.tensor([NOISE_COLORS[colors[int(i)]] for i in picks], dtype=torch.float64)
     noise = torch.randn(batch, length, generator=generator, dtype=torch.float64) if set(colors) == {"white"} else \
         colored_noise(batch, length, exponents, generator=generator)
-    # Scaled to unit power over each waveform's real samples, so the SNR holds whatever the padding.
-    noise_real = torch.where(pad_mask.cpu(), torch.zeros((), dtype=torch.float64), noise)
-    noise_power = noise_real.pow(2).sum(dim=1) / lengths.cpu().clamp(min=1)
-    scale = torch.sqrt(power / 10 ** (snr / 10) / noise_power.clamp(min=1e-12))
+    scale = _scale_to_snr(real, noise, pad_mask, lengths, snr)
     return zero_padding(real + (scale[:, None] * noise).to(audio), pad_mask)
 
 
@@ -418,8 +424,5 @@ def add_hum(audio: Tensor, pad_mask: Tensor, *, sample_rate: int, probability: f
     hum = (amplitudes[:, :, None] * torch.sin(2 * math.pi * mains[:, None, None] * k[None, :, None] * t
                                                + phases[:, :, None])).sum(dim=1)
     real = zero_padding(audio, pad_mask)
-    valid = (~pad_mask).cpu()
-    power = real.double().cpu().pow(2).sum(dim=1) / lengths.cpu().clamp(min=1)
-    hum_power = (hum * valid).pow(2).sum(dim=1) / lengths.cpu().clamp(min=1)
-    scale = torch.sqrt(power / 10 ** (snr / 10) / hum_power.clamp(min=1e-12)) * chosen
+    scale = _scale_to_snr(real, hum, pad_mask, lengths, snr) * chosen
     return zero_padding(real + (scale[:, None] * hum).to(audio), pad_mask)
