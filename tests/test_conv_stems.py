@@ -44,10 +44,10 @@ def test_validity_downsamples_to_any_real_element_of_a_stride_cell():
     assert torch.equal(downsample_valid(valid, 1), valid)
 
 
-@pytest.mark.parametrize("positions", ["fourier", "learned"])
-def test_image_tokens_do_not_depend_on_padding_float64(positions):
+@pytest.mark.parametrize("positions, downsample", [("fourier", "stride"), ("learned", "stride"), ("fourier", "pool")])
+def test_image_tokens_do_not_depend_on_padding_float64(positions, downsample):
     torch.manual_seed(0)
-    adapter = image_adapter(positions=positions).double()
+    adapter = image_adapter(positions=positions, downsample=downsample).double()
     small = torch.randn(1, 2, 8, 12, dtype=torch.float64)
     alone, alone_mask = adapter(small)
     batch = torch.randn(2, 2, 16, 16, dtype=torch.float64)
@@ -65,16 +65,19 @@ def test_image_tokens_do_not_depend_on_padding_float64(positions):
     torch.testing.assert_close(real, alone[0], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("conv", ["time", "time-mel"])
-def test_spectrogram_tokens_do_not_depend_on_padding_float64(conv):
+@pytest.mark.parametrize("conv, downsample", [("time", "stride"), ("time-mel", "stride"), ("time", "pool"),
+                                               ("time-mel", "pool")])
+def test_spectrogram_tokens_do_not_depend_on_padding_float64(conv, downsample):
     torch.manual_seed(0)
-    adapter = spectrogram_adapter(conv=conv).double()
-    short = torch.randn(1, 1000, dtype=torch.float64)
+    adapter = spectrogram_adapter(conv=conv, downsample=downsample).double()
+    short = torch.randn(1, 1032, dtype=torch.float64)
     alone, alone_mask = adapter(short)
+    # An odd number of frames: the last stride-2 cell holds one real frame and, in the batch, one padded frame.
+    assert adapter.frontend(short)[0].shape[1] % 2 == 1
     batch = torch.randn(2, 3000, dtype=torch.float64)
-    batch[0, :1000] = short[0]
-    batch[0, 1000:] = float("nan")
-    pad_mask = torch.arange(3000)[None, :] >= torch.tensor([[1000], [3000]])
+    batch[0, :1032] = short[0]
+    batch[0, 1032:] = float("nan")
+    pad_mask = torch.arange(3000)[None, :] >= torch.tensor([[1032], [3000]])
     tokens, token_mask = adapter(batch, pad_mask)
     real = ~token_mask[0]
     assert not alone_mask.any() and int(real.sum()) == alone.shape[1] and not token_mask[1].any()
@@ -92,8 +95,25 @@ def test_spectrogram_conv_shapes():
     assert tokens.shape == (2, (frames // 2) * (8 // 2), 8 + 2 * (2 * 3 + 1))
 
 
+def test_pooled_stem_is_convolution_norm_gelu_then_max_pool_float64():
+    torch.manual_seed(0)
+    stem = ConvStem(num_dims=2, in_channels=2, channels=(4, 6), strides=(2, 1), downsample="pool").double()
+    x = torch.randn(3, 2, 10, 6, dtype=torch.float64)
+    expected = x
+    for conv, stride in zip(stem.convs, (2, 1)):
+        expected = torch.nn.functional.conv2d(expected, conv.weight, conv.bias, padding=1)
+        mean = expected.mean(1, keepdim=True)
+        normed = (expected - mean) / (expected.var(1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+        expected = torch.nn.functional.gelu(normed)  # the norms start at weight 1, bias 0
+        if stride > 1:
+            expected = torch.nn.functional.max_pool2d(expected, stride)
+    features, valid = stem(x)
+    assert features.shape == (3, 6, 5, 3) and valid is None
+    torch.testing.assert_close(features, expected, rtol=0, atol=1e-12)
+
+
 def test_conv_adapters_round_trip_through_their_config():
-    for adapter in (image_adapter(), spectrogram_adapter(conv="time-mel")):
+    for adapter in (image_adapter(), image_adapter(downsample="pool"), spectrogram_adapter(conv="time-mel")):
         rebuilt = build_module(json.loads(json.dumps(module_spec(adapter))))
         rebuilt.load_state_dict(adapter.state_dict())
         x = torch.randn(2, 2, 16, 16) if isinstance(adapter, ConvAdapter) else torch.randn(2, 4000)
@@ -120,5 +140,7 @@ def test_conv_adapter_errors():
         ConvStem(num_dims=2, in_channels=1, channels=(4, 8), strides=(2,))
     with pytest.raises(ValueError, match="kernel_size: expected an odd"):
         ConvStem(num_dims=2, in_channels=1, channels=(4,), strides=(2,), kernel_size=4)
+    with pytest.raises(ValueError, match=r"downsample: expected one of \('stride', 'pool'\), got 'avg'"):
+        ConvStem(num_dims=2, in_channels=1, channels=(4,), strides=(2,), downsample="avg")
     with pytest.raises(ValueError, match="conv: expected one of"):
         spectrogram_adapter(conv="mel")

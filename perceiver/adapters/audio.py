@@ -348,7 +348,7 @@ class SpectrogramConvAdapter(InputAdapter):
 
     Args: the spectrogram's (``sample_rate`` … ``max_duration``, ``normalize``, ``log_floor`` and the training-mode
     augmentation ``warp`` … ``freq_mask_bins``, as in ``SpectrogramAdapter``), then ``conv``, the stem's
-    ``channels``, ``strides`` and ``kernel_size``, and the ``positions`` (``"fourier"``, concatenated, or
+    ``channels``, ``strides``, ``kernel_size`` and ``downsample``, and the ``positions`` (``"fourier"``, concatenated, or
     ``"learned"``, added) with ``num_bands`` per dimension.
     """
 
@@ -367,6 +367,7 @@ class SpectrogramConvAdapter(InputAdapter):
         channels: Sequence[int] = (256, 256),
         strides: Sequence[int] = (1, 2),
         kernel_size: int = 3,
+        downsample: str = "stride",
         positions: str = "fourier",
         num_bands: int = 32,
         normalize: bool | str = True,
@@ -391,7 +392,7 @@ class SpectrogramConvAdapter(InputAdapter):
         self.max_samples = self.frontend.max_samples
         self.time_only = conv == "time"
         self.stem = ConvStem(num_dims=1 if self.time_only else 2, in_channels=n_mels if self.time_only else 1,
-                             channels=channels, strides=strides, kernel_size=kernel_size)
+                             channels=channels, strides=strides, kernel_size=kernel_size, downsample=downsample)
         stride = self.stem.total_stride
         time_cells = math.ceil(self.frontend.max_frames / stride)
         self.max_grid = (time_cells,) if self.time_only else (time_cells, math.ceil(n_mels / stride))

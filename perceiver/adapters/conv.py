@@ -31,6 +31,7 @@ from perceiver.positions import as_shape, build_position_encoding, with_position
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d}
 _POOL = {1: F.max_pool1d, 2: F.max_pool2d}
 _LAYOUTS = {1: "(B, C, T)", 2: "(B, C, H, W)"}
+DOWNSAMPLING = ("stride", "pool")
 
 
 def downsample_valid(valid: Tensor, stride: int) -> Tensor:
@@ -44,12 +45,14 @@ def downsample_valid(valid: Tensor, stride: int) -> Tensor:
 class ConvStem(Pretrained, nn.Module):
     """``len(channels)`` layers of (3×3 or 3-tap) convolution → LayerNorm over channels → GELU.
 
-    Layer ``i`` has ``channels[i]`` output channels and stride ``strides[i]``; padding keeps ``ceil(size / stride)``
-    cells. Works on (B, C, T) (``num_dims=1``) or (B, C, H, W) (``num_dims=2``).
+    Layer ``i`` has ``channels[i]`` output channels and downsamples by ``strides[i]``; padding keeps
+    ``ceil(size / stride)`` cells. ``downsample="stride"`` strides the convolution; ``"pool"`` runs it at stride 1 and
+    max-pools by the stride after the GELU, as a classic CNN does. Works on (B, C, T) (``num_dims=1``) or
+    (B, C, H, W) (``num_dims=2``).
     """
 
     def __init__(self, *, num_dims: int, in_channels: int, channels: Sequence[int], strides: Sequence[int],
-                 kernel_size: int = 3):
+                 kernel_size: int = 3, downsample: str = "stride"):
         super().__init__()
         self.config = capture_config(locals())
         if num_dims not in _CONV:
@@ -61,12 +64,15 @@ class ConvStem(Pretrained, nn.Module):
             raise ValueError(f"channels, strides: expected positive ints, got {list(channels)} and {list(strides)}")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size: expected an odd positive int, got {kernel_size}")
+        if downsample not in DOWNSAMPLING:
+            raise ValueError(f"downsample: expected one of {DOWNSAMPLING}, got {downsample!r}")
         self.num_dims = num_dims
         self.strides = tuple(strides)
         self.total_stride = math.prod(strides)
+        self.pool = downsample == "pool"
         widths = [in_channels, *channels]
         self.convs = nn.ModuleList(
-            _CONV[num_dims](c_in, c_out, kernel_size, stride=s, padding=kernel_size // 2)
+            _CONV[num_dims](c_in, c_out, kernel_size, stride=1 if self.pool else s, padding=kernel_size // 2)
             for c_in, c_out, s in zip(widths[:-1], widths[1:], strides)
         )
         self.norms = nn.ModuleList(nn.LayerNorm(c) for c in channels)
@@ -77,13 +83,21 @@ class ConvStem(Pretrained, nn.Module):
         for conv, norm, stride in zip(self.convs, self.norms, self.strides):
             if valid is not None:
                 x = torch.where(valid[:, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
-            x = conv(x)
+            x = F.gelu(norm(conv(x).movedim(1, -1))).movedim(-1, 1)
+            if self.pool and stride > 1:
+                x = self.max_pool(x, valid, stride)
             if valid is not None:
                 valid = downsample_valid(valid, stride)
-            x = F.gelu(norm(x.movedim(1, -1))).movedim(-1, 1)
         if valid is not None:
             x = torch.where(valid[:, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         return x, valid
+
+    def max_pool(self, x: Tensor, valid: Tensor | None, stride: int) -> Tensor:
+        """Max over each stride cell of its real elements: padding enters as -inf, as the pool treats the cells past
+        a lone sample's edge (ceil_mode), so a cell that straddles a sample's end pools the same alone or padded."""
+        if valid is not None:
+            x = torch.where(valid[:, None], x, torch.full((), -math.inf, dtype=x.dtype, device=x.device))
+        return _POOL[self.num_dims](x, stride, stride, ceil_mode=True)
 
 
 class ConvAdapter(InputAdapter):
@@ -103,8 +117,9 @@ class ConvAdapter(InputAdapter):
         in_channels: C of the input.
         max_size: largest spatial size, ``(H, W)`` or ``(T,)``; must divide by the total stride.
         channels: output channels of each convolution.
-        strides: stride of each convolution.
+        strides: downsampling factor of each layer.
         kernel_size: odd kernel size of every convolution (3: 3×3 kernels).
+        downsample: ``"stride"`` (strided convolutions) or ``"pool"`` (max-pooling after each layer; see ``ConvStem``).
         positions: ``"fourier"`` or ``"learned"``.
         num_bands: Fourier bands per dimension.
     """
@@ -117,6 +132,7 @@ class ConvAdapter(InputAdapter):
         channels: Sequence[int] = (64, 128, 256),
         strides: Sequence[int] = (2, 2, 2),
         kernel_size: int = 3,
+        downsample: str = "stride",
         positions: str = "fourier",
         num_bands: int = 32,
     ):
@@ -126,7 +142,7 @@ class ConvAdapter(InputAdapter):
         if len(max_size) not in _CONV:
             raise ValueError(f"max_size: expected (T,) or (H, W), got {max_size}")
         self.stem = ConvStem(num_dims=len(max_size), in_channels=in_channels, channels=channels, strides=strides,
-                             kernel_size=kernel_size)
+                             kernel_size=kernel_size, downsample=downsample)
         stride = self.stem.total_stride
         if any(s % stride for s in max_size):
             raise ValueError(f"max_size: expected sizes divisible by the total stride {stride} "
