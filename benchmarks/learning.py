@@ -17,8 +17,9 @@ scored at ``--evals`` evenly spaced points of the budget.
 Models (Perceivers at one size: 32 latents of 128 channels, 2 latent self-attention layers, 4 heads, MLPs twice as
 wide; each implementation with its own input preprocessing and its own initialisation):
 
-- ``ours``: ``perceiver`` with its default initialisation and a ``ConvAdapter`` (3×3 convolutions of 32, 64, 64
-  and 128 channels, strides 1, 2, 1, 2: 7×7 tokens with Fourier positions), as ``python -m experiments.fashion_mnist``;
+- ``ours``: ``perceiver`` with its default initialisation and a ``ConvAdapter`` (3×3 convolutions of 32, 64 and 128
+  channels, the first two each followed by a 2×2 max-pool: 7×7 tokens with Fourier positions), as
+  ``python -m experiments.fashion_mnist``;
 - ``ours-patches``: the same core over linear 4×4 patch embeddings (``PatchAdapter``);
 - ``hf-learned``, ``hf-fourier``, ``hf-conv``: transformers' ``PerceiverModel`` with the three image preprocessors of
   its ``PerceiverForImageClassification{Learned,Fourier,ConvProcessing}`` (a 1×1 convolution and learned positions
@@ -81,8 +82,8 @@ def build_ours(recipe: Recipe, stem: str):
     from perceiver.adapters import ClassificationOutput, ClassificationQuery, ConvAdapter, PatchAdapter
 
     if stem == "conv":
-        adapter = ConvAdapter(in_channels=1, max_size=(28, 28), channels=(32, 64, 64, 128), strides=(1, 2, 1, 2),
-                              num_bands=8)
+        adapter = ConvAdapter(in_channels=1, max_size=(28, 28), channels=(32, 64, 128), strides=(2, 2, 1),
+                              downsample="pool", num_bands=8)
     else:
         adapter = PatchAdapter(in_channels=1, max_size=(28, 28), patch_size=4, embed_channels=128, num_bands=8)
     width = recipe.latent_channels

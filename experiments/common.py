@@ -36,6 +36,7 @@ from filelock import FileLock
 
 from perceiver import PerceiverEncoder, PerceiverIO, builders
 from perceiver.adapters import PatchAdapter, SpectrogramAdapter
+from perceiver.adapters.conv import DOWNSAMPLING
 from perceiver.augment import add_white_noise, occlude_and_add_noise, shift_and_flip
 from perceiver.data import MissingShardsError, build_dataset, find_shards, read_manifest
 from perceiver.threads import set_threads
@@ -373,11 +374,11 @@ IMAGE_INPUTS = ("conv", "patches")
 
 def add_image_model_args(parser: argparse.ArgumentParser, *, inputs: tuple[str, ...] = IMAGE_INPUTS,
                          max_shift: int = 2, conv_channels: tuple[int, ...] = (32, 64, 128),
-                         conv_strides: tuple[int, ...] = (1, 2, 2)) -> None:
+                         conv_strides: tuple[int, ...] = (1, 2, 2), conv_downsample: str = "stride") -> None:
     """The input adapter's, model's and augmentation's flags, shared by the experiments on Fashion-MNIST images;
     ``inputs`` are the input adapters the experiment builds (the first is the default; the conv flags exist only
-    where ``"conv"`` is one of them), and ``max_shift``, ``conv_channels`` and ``conv_strides`` are the experiment's
-    defaults for their flags."""
+    where ``"conv"`` is one of them), and ``max_shift`` and the ``conv_*`` arguments are the experiment's defaults
+    for their flags."""
     described = {"conv": "a convolutional stem (ConvAdapter)", "patches": "linear patch embeddings (PatchAdapter)"}
     parser.add_argument("--input", choices=inputs, default=inputs[0],
                         help="input adapter: " + " or ".join(described[name] for name in inputs))
@@ -385,7 +386,9 @@ def add_image_model_args(parser: argparse.ArgumentParser, *, inputs: tuple[str, 
         parser.add_argument("--conv-channels", type=int, nargs="+", default=list(conv_channels),
                             help="conv input: output channels of each 3×3 convolution")
         parser.add_argument("--conv-strides", type=int, nargs="+", default=list(conv_strides),
-                            help="conv input: stride of each convolution (their product divides 28)")
+                            help="conv input: downsampling factor of each layer (their product divides 28)")
+        parser.add_argument("--conv-downsample", choices=DOWNSAMPLING, default=conv_downsample,
+                            help="conv input: downsample by strided convolutions or by max-pooling after each layer")
     parser.add_argument("--patch-size", type=int, default=4, help="patch input: side of the square patches (divides 28)")
     parser.add_argument("--embed-channels", type=int, default=128, help="patch input: width of the patch embedding")
     parser.add_argument("--num-bands", type=int, default=8, help="Fourier frequency bands per image axis")
