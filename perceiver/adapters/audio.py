@@ -348,8 +348,8 @@ class SpectrogramConvAdapter(InputAdapter):
 
     Args: the spectrogram's (``sample_rate`` … ``max_duration``, ``normalize``, ``log_floor`` and the training-mode
     augmentation ``warp`` … ``freq_mask_bins``, as in ``SpectrogramAdapter``), then ``conv``, the stem's
-    ``channels``, ``strides``, ``kernel_size`` and ``downsample``, and the ``positions`` (``"fourier"``, concatenated, or
-    ``"learned"``, added) with ``num_bands`` per dimension.
+    ``channels``, ``strides``, ``kernel_size`` and ``downsample`` (see ``ConvStem``), and the ``positions``
+    (``"fourier"``, concatenated, or ``"learned"``, added) with ``num_bands`` per dimension.
     """
 
     def __init__(
