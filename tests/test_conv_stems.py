@@ -65,8 +65,8 @@ def test_image_tokens_do_not_depend_on_padding_float64(positions, downsample):
     torch.testing.assert_close(real, alone[0], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("conv, downsample", [("time", "stride"), ("time-mel", "stride"), ("time", "pool"),
-                                               ("time-mel", "pool")])
+@pytest.mark.parametrize("conv, downsample", [("time", "stride"), ("time-mel", "stride"), ("time-mel-frames", "stride"),
+                                               ("time", "pool"), ("time-mel", "pool"), ("time-mel-frames", "pool")])
 def test_spectrogram_tokens_do_not_depend_on_padding_float64(conv, downsample):
     torch.manual_seed(0)
     adapter = spectrogram_adapter(conv=conv, downsample=downsample).double()
@@ -93,6 +93,29 @@ def test_spectrogram_conv_shapes():
     grid_adapter = spectrogram_adapter(conv="time-mel")
     tokens, pad_mask = grid_adapter(torch.randn(2, 4000))
     assert tokens.shape == (2, (frames // 2) * (8 // 2), 8 + 2 * (2 * 3 + 1))
+    frames_adapter = spectrogram_adapter(conv="time-mel-frames")
+    tokens, pad_mask = frames_adapter(torch.randn(2, 4000))
+    assert tokens.shape == (2, frames // 2, 8 * (8 // 2) + 1 * (2 * 3 + 1)) and pad_mask.shape == (2, frames // 2)
+
+
+def test_time_mel_frames_stack_each_frames_mel_cells_float64():
+    """A token of ``conv="time-mel-frames"`` is its frame's features in every mel cell, channel-major, then the
+    Fourier features of the frame's time cell: the grid of ``conv="time-mel"`` regrouped by frame."""
+    torch.manual_seed(0)
+    frames_adapter = spectrogram_adapter(conv="time-mel-frames").double()
+    grid_adapter = spectrogram_adapter(conv="time-mel").double()
+    grid_adapter.stem.load_state_dict(frames_adapter.stem.state_dict())
+    x = torch.randn(2, 3000, dtype=torch.float64)
+    pad_mask = torch.arange(3000)[None, :] >= torch.tensor([[1500], [3000]])
+    tokens, token_mask = frames_adapter(x, pad_mask)
+    grid_tokens, grid_mask = grid_adapter(x, pad_mask)
+    mel_cells, channels = 4, 8
+    cells = grid_tokens[..., :channels].reshape(2, -1, mel_cells, channels)  # (B, time cells, mel cells, C)
+    torch.testing.assert_close(tokens[..., :channels * mel_cells], cells.transpose(2, 3).flatten(2), rtol=0, atol=0)
+    assert torch.equal(token_mask, grid_mask.reshape(2, -1, mel_cells)[..., 0])
+    positions = frames_adapter.positions.grid((tokens.shape[1],), dtype=torch.float64)
+    assert positions.shape == (tokens.shape[1], 1 * (2 * 3 + 1))  # the time axis only
+    torch.testing.assert_close(tokens[..., channels * mel_cells:], positions.expand(2, -1, -1), rtol=0, atol=0)
 
 
 def test_pooled_stem_is_convolution_norm_gelu_then_max_pool_float64():
@@ -113,7 +136,8 @@ def test_pooled_stem_is_convolution_norm_gelu_then_max_pool_float64():
 
 
 def test_conv_adapters_round_trip_through_their_config():
-    for adapter in (image_adapter(), image_adapter(downsample="pool"), spectrogram_adapter(conv="time-mel")):
+    for adapter in (image_adapter(), image_adapter(downsample="pool"), spectrogram_adapter(conv="time-mel"),
+                    spectrogram_adapter(conv="time-mel-frames")):
         rebuilt = build_module(json.loads(json.dumps(module_spec(adapter))))
         rebuilt.load_state_dict(adapter.state_dict())
         x = torch.randn(2, 2, 16, 16) if isinstance(adapter, ConvAdapter) else torch.randn(2, 4000)

@@ -333,7 +333,7 @@ class SpectrogramAdapter(InputAdapter):
         return with_positions(tokens, self.positions, grid), token_pad
 
 
-SPECTROGRAM_CONVS = ("time", "time-mel")
+SPECTROGRAM_CONVS = ("time", "time-mel", "time-mel-frames")
 
 
 class SpectrogramConvAdapter(InputAdapter):
@@ -341,8 +341,11 @@ class SpectrogramConvAdapter(InputAdapter):
 
     ``conv="time"``: 1-D convolutions over time with the mel bins as input channels (Whisper's front end); one token
     per output frame. ``conv="time-mel"``: 2-D 3×3 convolutions over the (time, mel) plane from one input channel;
-    one token per cell of the output grid, time-major. Each stride-s layer keeps ``ceil(size / s)`` cells; a token is
-    padding when all the frames of its stride cell are. The spectrogram is ``LogMelSpectrogram``'s (see there for
+    one token per cell of the output grid, time-major. ``conv="time-mel-frames"``: the same 2-D convolutions, then
+    one token per output frame holding every mel cell's channels (``channels[-1] × ceil(n_mels / total stride)``),
+    as the Conformer's subsampling does: the kernels are shared across frequency, so a formant pattern that sits
+    higher or lower (another speaker's vocal tract) meets the same filters, at the 1-D stem's token count. Each
+    stride-s layer keeps ``ceil(size / s)`` cells; a token is padding when all the frames of its stride cell are. The spectrogram is ``LogMelSpectrogram``'s (see there for
     the STFT, the mel scale and the per-sample standardisation); padded frames are zero before every convolution, so
     a sample's real tokens are the same alone or padded in a batch, whatever its length.
 
@@ -390,24 +393,28 @@ class SpectrogramConvAdapter(InputAdapter):
         )
         self.n_mels = n_mels
         self.max_samples = self.frontend.max_samples
-        self.time_only = conv == "time"
-        self.stem = ConvStem(num_dims=1 if self.time_only else 2, in_channels=n_mels if self.time_only else 1,
+        self.conv = conv
+        time_only = conv == "time"
+        self.stem = ConvStem(num_dims=1 if time_only else 2, in_channels=n_mels if time_only else 1,
                              channels=channels, strides=strides, kernel_size=kernel_size, downsample=downsample)
         stride = self.stem.total_stride
-        time_cells = math.ceil(self.frontend.max_frames / stride)
-        self.max_grid = (time_cells,) if self.time_only else (time_cells, math.ceil(n_mels / stride))
-        self.positions = build_position_encoding(positions, max_shape=self.max_grid,
-                                                 num_channels=self.stem.num_channels, num_bands=num_bands)
+        time_cells, mel_cells = math.ceil(self.frontend.max_frames / stride), math.ceil(n_mels / stride)
+        self.max_grid = (time_cells, mel_cells) if conv == "time-mel" else (time_cells,)
+        token_channels = self.stem.num_channels * (mel_cells if conv == "time-mel-frames" else 1)
+        self.positions = build_position_encoding(positions, max_shape=self.max_grid, num_channels=token_channels,
+                                                 num_bands=num_bands)
         extra = self.positions.num_channels if positions == "fourier" else 0
-        self.num_channels = self.stem.num_channels + extra
+        self.num_channels = token_channels + extra
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         log_mel, frame_pad = self.frontend(x, pad_mask)  # (B, F, n_mels), (B, F)
         log_mel = log_mel.to(self.stem.convs[0].weight.dtype)  # the spectrogram is computed in the input's dtype
         frames_real = ~frame_pad
-        if self.time_only:
+        if self.conv == "time":
             features, valid = self.stem(rearrange(log_mel, "b f m -> b m f"), frames_real)
         else:
             features, valid = self.stem(log_mel[:, None], repeat(frames_real, "b f -> b f m", m=self.n_mels))
+        if self.conv == "time-mel-frames":  # a frame's validity is the same in every mel cell
+            features, valid = rearrange(features, "b c f m -> b (c m) f"), valid[..., 0]
         tokens = with_positions(rearrange(features, "b c ... -> b (...) c"), self.positions, features.shape[2:])
         return tokens, ~valid.flatten(1)
