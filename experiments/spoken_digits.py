@@ -20,9 +20,12 @@ noise, mains hum, clipping and a telephone line (``benchmarks/recording_conditio
 conditions); ``--warp``, ``--time-masks`` and ``--freq-masks`` add a vocal tract length warp and SpecAugment masks
 to the spectrogram (``LogMelSpectrogram``'s options, active in training mode only; off by default, as they slowed
 learning in a short probe and ended behind in two full runs, docs/exps.md). ``--input``
-picks the adapter: two 1-D convolutions over time with the mel bins as channels, one token per 4 frames (``conv``,
-``SpectrogramConvAdapter``, the default: ahead of the others in a side-by-side probe), one linear token per 4
-full-band frames (``time-frames``), or time × frequency tiles (``patches``). ``--members N`` trains N models
+picks the adapter: a convolutional stem (``conv``, ``SpectrogramConvAdapter``, the default: ahead of the others in a
+side-by-side probe), one linear token per 4 full-band frames (``time-frames``), or time × frequency tiles
+(``patches``). The stem (``--conv``) is two 3-tap convolutions over time with the mel bins as channels, one token per
+4 frames (``time``, the default), or two 3×3 convolutions over the (time, mel) plane, one token per cell
+(``time-mel``) or per 4 frames holding every mel cell's channels (``time-mel-frames``: kernels shared across
+frequency; behind the default on every figure in a full run, docs/exps.md). ``--members N`` trains N models
 (seeds ``--seed`` to ``--seed`` + N − 1, each a run of its own in ``OUT/member-k``; on a CPU one per thread at once,
 each in a process of its own, ``--members-at-once``) and scores the mean of their log-probabilities as one model
 (``perceiver.ensemble.EnsembleClassifier``, saved in ``OUT/model``, which ``experiments.predict_digits`` reads as
@@ -48,6 +51,7 @@ from experiments.members import (add_member_args, check_member_args, load_ensemb
                                  train_members)
 from perceiver import PerceiverIO
 from perceiver.adapters import SpectrogramAdapter, SpectrogramConvAdapter
+from perceiver.adapters.audio import SPECTROGRAM_CONVS
 from perceiver.augment import (NOISE_COLORS, add_hum, add_noise, change_speed, clip_peaks, crop, crop_to_speech, delay,
                                gain_and_tilt, remove_dc, reverberate, telephone_band, trim_to_speech)
 from perceiver.data import make_loader
@@ -78,7 +82,7 @@ def build_adapter(args) -> SpectrogramAdapter | SpectrogramConvAdapter:
                        warp=args.warp, time_masks=args.time_masks, time_mask_frames=args.time_mask_frames,
                        freq_masks=args.freq_masks, freq_mask_bins=args.freq_mask_bins)
     if args.input == "conv":
-        return SpectrogramConvAdapter(**spectrogram, conv="time", channels=[args.embed_channels] * 2,
+        return SpectrogramConvAdapter(**spectrogram, conv=args.conv, channels=[args.conv_channels] * 2,
                                       strides=args.conv_strides)
     patch_size = (args.patch_frames, args.n_mels if args.input == "time-frames" else args.patch_mels)
     return SpectrogramAdapter(**spectrogram, patch_size=patch_size, embed_channels=args.embed_channels)
@@ -162,8 +166,16 @@ def add_arguments(parser) -> None:
                        help="seconds kept before and after the speech that the cut to speech finds")
     model.add_argument("--patch-frames", type=int, default=4, help="frames (10 ms each) per patch")
     model.add_argument("--patch-mels", type=int, default=8, help="mel bins per patch (divides --n-mels)")
+    model.add_argument("--conv", choices=SPECTROGRAM_CONVS, default="time",
+                       help="--input conv: 3-tap convolutions over time with the mel bins as channels (the default), "
+                            "or 3×3 convolutions over the (time, mel) plane with one token per cell or per frame "
+                            "holding every mel cell (SpectrogramConvAdapter; time-mel-frames with --conv-channels 32 "
+                            "was behind the default in a full run, docs/exps.md)")
+    model.add_argument("--conv-channels", type=int, default=128,
+                       help="--input conv: output channels of both convolutions")
     model.add_argument("--conv-strides", type=int, nargs=2, default=(2, 2), help="--input conv: the two strides")
-    model.add_argument("--embed-channels", type=int, default=128, help="width of the patch embedding or conv stem")
+    model.add_argument("--embed-channels", type=int, default=128, help="--input patches, time-frames: width of the "
+                                                                       "patch embedding")
     model.add_argument("--num-bands", type=int, default=8, help="Fourier frequency bands per patch-grid axis")
     model.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
     model.add_argument("--label-smoothing", type=float, default=0.1)

@@ -229,8 +229,8 @@ def test_spoken_digits_trains_on_chosen_engines_with_time_frames_and_no_augmenta
 
 def test_spoken_digits_input_flag_swaps_the_adapter():
     # 1.2 s at 16 kHz: 118 frames (n_fft 400, hop 160); 30 time patches of 4 frames, 30 conv cells at stride 4.
-    flags = ["--embed-channels", "8", "--num-bands", "2", "--normalize", "band", "--warp", "0.1", "--time-masks", "2",
-             "--freq-masks", "2"]
+    flags = ["--embed-channels", "8", "--conv-channels", "8", "--num-bands", "2", "--normalize", "band", "--warp", "0.1",
+             "--time-masks", "2", "--freq-masks", "2"]
     audio, pad_mask = torch.randn(2, 19200), torch.zeros(2, 19200, dtype=torch.bool)
     for name, tokens in (("patches", 30 * 4), ("time-frames", 30), ("conv", 30)):
         adapter = spoken_digits.build_adapter(spoken_digits.parse_arguments(["--input", name, *flags])).eval()
@@ -238,12 +238,20 @@ def test_spoken_digits_input_flag_swaps_the_adapter():
         assert adapter.config["normalize"] == "band"
         out, out_mask = adapter(audio, pad_mask)
         assert out.shape[:2] == (2, tokens) and out_mask.shape == (2, tokens)
+    fourier = 2 * 2 + 1  # the time axis: its position, 2 sines, 2 cosines
+    for conv, channels in (("time-mel-frames", 8 * 32 // 4), ("time", 8)):  # 32 mel bins: 8 mel cells at stride 4
+        adapter = spoken_digits.build_adapter(spoken_digits.parse_arguments(["--conv", conv, *flags]))
+        assert adapter.config["conv"] == conv and adapter.config["channels"] == [8, 8]
+        assert adapter.num_channels == channels + fourier
+    defaults = spoken_digits.parse_arguments([])
+    assert (defaults.conv, defaults.conv_channels) == ("time", 128)  # the stem of the README's runs
 
 
 def test_speed_averaged_log_probs_keep_each_clip_alone_or_padded_in_a_batch():
     torch.manual_seed(0)
     adapter = spoken_digits.build_adapter(spoken_digits.parse_arguments(
-        ["--n-mels", "16", "--max-duration", "0.4", "--embed-channels", "8", "--num-bands", "2"]))
+        ["--n-mels", "16", "--max-duration", "0.4", "--embed-channels", "8", "--conv-channels", "8",
+         "--num-bands", "2"]))
     model = builders.classifier(adapter, num_classes=10, num_latents=4, num_latent_channels=16,
                                 num_cross_attention_heads=1, num_self_attention_heads=2).double().eval()
     max_samples = 6400

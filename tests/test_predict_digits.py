@@ -20,7 +20,8 @@ SPEEDS = (0.9, 1.0, 1.1)
 def tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
     adapter = spoken_digits.build_adapter(spoken_digits.parse_arguments(
-        ["--n-mels", "16", "--max-duration", "0.8", "--embed-channels", "8", "--num-bands", "2"]))
+        ["--n-mels", "16", "--max-duration", "0.8", "--embed-channels", "8", "--conv-channels", "8",
+         "--num-bands", "2"]))
     return builders.classifier(adapter, num_classes=10, num_latents=4, num_latent_channels=16,
                                num_cross_attention_heads=1, num_self_attention_heads=2).eval()
 

@@ -345,9 +345,10 @@ class SpectrogramConvAdapter(InputAdapter):
     one token per output frame holding every mel cell's channels (``channels[-1] × ceil(n_mels / total stride)``),
     as the Conformer's subsampling does: the kernels are shared across frequency, so a formant pattern that sits
     higher or lower (another speaker's vocal tract) meets the same filters, at the 1-D stem's token count. Each
-    stride-s layer keeps ``ceil(size / s)`` cells; a token is padding when all the frames of its stride cell are. The spectrogram is ``LogMelSpectrogram``'s (see there for
-    the STFT, the mel scale and the per-sample standardisation); padded frames are zero before every convolution, so
-    a sample's real tokens are the same alone or padded in a batch, whatever its length.
+    stride-s layer keeps ``ceil(size / s)`` cells; a token is padding when all the frames of its stride cell are.
+    The spectrogram is ``LogMelSpectrogram``'s (see there for the STFT, the mel scale and the per-sample
+    standardisation); padded frames are zero before every convolution, so a sample's real tokens are the same alone
+    or padded in a batch, whatever its length.
 
     Args: the spectrogram's (``sample_rate`` … ``max_duration``, ``normalize``, ``log_floor`` and the training-mode
     augmentation ``warp`` … ``freq_mask_bins``, as in ``SpectrogramAdapter``), then ``conv``, the stem's
