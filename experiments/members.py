@@ -29,6 +29,9 @@ from perceiver.ensemble import EnsembleClassifier
 from perceiver.threads import choose_threads
 from perceiver.training.distributed import uses_cuda
 
+# The flags that member k's run sets otherwise than the ensemble's: flags(args, k) -> {dest: value}.
+MemberFlags = Callable[[argparse.Namespace, int], dict]
+
 
 def add_member_args(group) -> None:
     """``--members`` and ``--members-at-once`` on an experiment's parser (or one of its argument groups)."""
@@ -52,12 +55,25 @@ def check_member_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
                      "of its own (--seed S --out DIR) and combine them with perceiver.ensemble.EnsembleClassifier")
 
 
+def no_member_flags(args: argparse.Namespace, k: int) -> dict:
+    """Every member trains the ensemble's own flags (only the seed and the run folder differ)."""
+    return {}
+
+
+def own_flags(flags: dict) -> str:
+    """A member's own flags as its line names them: ", --conv time-mel-frames --conv-channels 32"."""
+    named = [" ".join([f"--{name.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])])
+             for name, value in flags.items()]
+    return ", " + " ".join(named) if named else ""
+
+
 def train_members(train: Callable[[argparse.Namespace], Any], args: argparse.Namespace, *,
-                  describe: Callable[[dict], str]) -> tuple[list[dict], int]:
+                  describe: Callable[[dict], str], flags: MemberFlags = no_member_flags) -> tuple[list[dict], int]:
     """``train`` the ``--members`` members that are not finished (with ``--resume``, a member whose run folder holds
     its ``metrics.json`` and ``model`` is kept), ``members_at_once`` at a time; returns (every member's metrics, in
-    order; members trained at once). Members trained at once each get the whole ``--max-minutes``; members trained in
-    turns (one thread, a GPU) share it."""
+    order; members trained at once). ``flags(args, k)``: the flags that the k-th member's run sets otherwise than the
+    ensemble's (e.g. a stem of its own). Members trained at once each get the whole ``--max-minutes``; members trained
+    in turns (one thread, a GPU) share it."""
     out = Path(args.out)
     pending = []
     for k in range(args.members):
@@ -75,11 +91,12 @@ def train_members(train: Callable[[argparse.Namespace], Any], args: argparse.Nam
               f"{args.max_minutes / rounds:g} min (--max-minutes {args.max_minutes:g} shared)")
         args = argparse.Namespace(**{**vars(args), "max_minutes": args.max_minutes / rounds})
     if at_once > 1:
-        train_side_by_side(train, args, pending, at_once, threads, describe=describe)
+        train_side_by_side(train, args, pending, at_once, threads, describe=describe, flags=flags)
     else:
         for k in pending:
-            print(f"member {k} of {args.members}: seed {args.seed + k}, in {out / f'member-{k}'}")
-            train(member_arguments(args, k))
+            print(f"member {k} of {args.members}: seed {args.seed + k}{own_flags(flags(args, k))}, in "
+                  f"{out / f'member-{k}'}")
+            train(member_arguments(args, k, **flags(args, k)))
     return [json.loads((out / f"member-{k}" / "metrics.json").read_text()) for k in range(args.members)], at_once
 
 
@@ -162,10 +179,11 @@ STATUS_SECONDS = 60.0
 
 
 def train_side_by_side(train: Callable[[argparse.Namespace], Any], args: argparse.Namespace, pending: list[int],
-                       at_once: int, threads: int, *, describe: Callable[[dict], str]) -> None:
+                       at_once: int, threads: int, *, describe: Callable[[dict], str],
+                       flags: MemberFlags = no_member_flags) -> None:
     """``train`` the ``pending`` members, ``at_once`` at a time in processes of their own on ``threads`` threads each,
     with one progress bar each read from their logs (with ``--no-progress``, a plain line of their steps every
-    ``STATUS_SECONDS``), and print ``describe(metrics)`` of each as it finishes.
+    ``STATUS_SECONDS``), and print ``describe(metrics)`` of each as it finishes; ``flags`` as in ``train_members``.
 
     ``train`` is a module-level function (the workers import it by name) that writes the run's ``metrics.json`` in
     ``args.out``, as the experiments' ``train_one`` does. A member that fails does not stop the others (each is kept
@@ -174,8 +192,8 @@ def train_side_by_side(train: Callable[[argparse.Namespace], Any], args: argpars
     logs = {k: out / f"member-{k}" / "train.log" for k in pending}
     for k in pending:
         logs[k].parent.mkdir(parents=True, exist_ok=True)
-        print(f"member {k} of {args.members}: seed {args.seed + k}, in {logs[k].parent}, {threads} thread(s), "
-              f"output in {logs[k]}")
+        print(f"member {k} of {args.members}: seed {args.seed + k}{own_flags(flags(args, k))}, in {logs[k].parent}, "
+              f"{threads} thread(s), output in {logs[k]}")
     bars = {k: tqdm(total=args.max_steps, desc=f"member {k}", unit="step", position=row, disable=args.no_progress)
             for row, k in enumerate(pending)}
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked threads or CUDA state
@@ -183,7 +201,7 @@ def train_side_by_side(train: Callable[[argparse.Namespace], Any], args: argpars
     with ProcessPoolExecutor(max_workers=at_once, mp_context=context, max_tasks_per_child=1) as pool:
         running = {}
         for k in pending:
-            member = member_arguments(args, k, threads=threads, no_progress=True)
+            member = member_arguments(args, k, **flags(args, k), threads=threads, no_progress=True)
             running[pool.submit(train_member, train, member, logs[k])] = k
         steps = dict.fromkeys(pending, 0)  # read from the logs (a disabled bar counts nothing)
         last_status = time.monotonic()

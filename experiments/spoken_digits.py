@@ -74,6 +74,9 @@ EVALUATIONS = (("test", ""), ("engine", "engine_"), ("real", "real_"))
 # What --input picks: "time-frames" makes one token of each group of --patch-frames frames over all mel bins;
 # "patches" cuts time × frequency tiles; "conv" runs 1-D convolutions over time with the mel bins as channels.
 INPUTS = ("time-frames", "patches", "conv")
+# Each conv stem's width when --conv-channels is not given. The 2-D stem that keeps one token per frame holds every
+# mel cell's channels in it, so 32 channels give it the 1-D stem's size (815 k parameters against 835 k).
+STEM_CHANNELS = {"time": 128, "time-mel": 128, "time-mel-frames": 32}
 
 
 def build_adapter(args) -> SpectrogramAdapter | SpectrogramConvAdapter:
@@ -82,10 +85,26 @@ def build_adapter(args) -> SpectrogramAdapter | SpectrogramConvAdapter:
                        warp=args.warp, time_masks=args.time_masks, time_mask_frames=args.time_mask_frames,
                        freq_masks=args.freq_masks, freq_mask_bins=args.freq_mask_bins)
     if args.input == "conv":
-        return SpectrogramConvAdapter(**spectrogram, conv=args.conv, channels=[args.conv_channels] * 2,
+        conv, width = member_stem(args)
+        return SpectrogramConvAdapter(**spectrogram, conv=conv, channels=[width] * 2,
                                       strides=args.conv_strides)
     patch_size = (args.patch_frames, args.n_mels if args.input == "time-frames" else args.patch_mels)
     return SpectrogramAdapter(**spectrogram, patch_size=patch_size, embed_channels=args.embed_channels)
+
+
+def member_stem(args, member: int = 0) -> tuple[str, int]:
+    """The conv stem and its width that ensemble member ``member`` trains: the stems of ``--conv`` in turn, each with
+    its ``--conv-channels`` (one width for all, one per stem, or the stem's own); one model has one stem."""
+    conv = args.conv[member % len(args.conv)]
+    if args.conv_channels is None:
+        return conv, STEM_CHANNELS[conv]
+    return conv, args.conv_channels[member % len(args.conv) % len(args.conv_channels)]
+
+
+def member_flags(args, member: int) -> dict:
+    """What member ``member``'s run changes in the ensemble's flags: its one stem (``member_stem``)."""
+    conv, width = member_stem(args, member)
+    return {"conv": [conv], "conv_channels": [width]}
 
 
 def build_model(args) -> PerceiverIO:
@@ -166,13 +185,15 @@ def add_arguments(parser) -> None:
                        help="seconds kept before and after the speech that the cut to speech finds")
     model.add_argument("--patch-frames", type=int, default=4, help="frames (10 ms each) per patch")
     model.add_argument("--patch-mels", type=int, default=8, help="mel bins per patch (divides --n-mels)")
-    model.add_argument("--conv", choices=SPECTROGRAM_CONVS, default="time",
+    model.add_argument("--conv", choices=SPECTROGRAM_CONVS, nargs="+", default=["time"],
                        help="--input conv: 3-tap convolutions over time with the mel bins as channels (the default), "
                             "or 3×3 convolutions over the (time, mel) plane with one token per cell or per frame "
-                            "holding every mel cell (SpectrogramConvAdapter; time-mel-frames with --conv-channels 32 "
-                            "was behind the default in a full run, docs/exps.md)")
-    model.add_argument("--conv-channels", type=int, default=128,
-                       help="--input conv: output channels of both convolutions")
+                            "holding every mel cell (SpectrogramConvAdapter); several stems, with --members, are "
+                            "trained in turn: member k the k-th modulo their number (an ensemble that mixes stems)")
+    model.add_argument("--conv-channels", type=int, nargs="+", default=None,
+                       help="--input conv: output channels of both convolutions, one width for every --conv stem or "
+                            "one per stem; unset, each stem's own: " + ", ".join(
+                                f"{conv} {width}" for conv, width in STEM_CHANNELS.items()))
     model.add_argument("--conv-strides", type=int, nargs=2, default=(2, 2), help="--input conv: the two strides")
     model.add_argument("--embed-channels", type=int, default=128, help="--input patches, time-frames: width of the "
                                                                        "patch embedding")
@@ -230,6 +251,13 @@ def check_arguments(parser, args) -> None:
     if args.speech_margin < 0:
         parser.error(f"--speech-margin: expected seconds >= 0, got {args.speech_margin}")
     check_member_args(parser, args)
+    if args.conv_channels is not None and len(args.conv_channels) not in (1, len(args.conv)):
+        parser.error(f"--conv-channels: expected one width or one per --conv stem ({len(args.conv)}), got "
+                     f"{len(args.conv_channels)}: {args.conv_channels}")
+    if len(args.conv) > 1 and (args.members < len(args.conv) or args.input != "conv"):
+        parser.error(f"--conv: several stems ({' '.join(args.conv)}) are trained one per ensemble member, in turn: "
+                     f"expected --input conv and --members >= {len(args.conv)}, got --input {args.input} and "
+                     f"--members {args.members}")
     if min(args.eval_speeds) <= 0:
         parser.error(f"--eval-speeds: expected positive speed factors, got {list(args.eval_speeds)}")
     if args.max_shift < 0 or not 0 < min(args.speed) <= max(args.speed):
@@ -374,7 +402,7 @@ def train_ensemble(args) -> dict:
     # Built (when missing) with the ensemble's seed before any member runs, so that every member finds these shards
     # rather than building its own from its own seed.
     shards = run_shards(args)
-    members, at_once = train_members(train_one, args, describe=describe_member)
+    members, at_once = train_members(train_one, args, describe=describe_member, flags=member_flags)
     ensemble = load_ensemble(args)
     run = start_run(args, name=NAME)
     ensemble = ensemble.to(run.context.device).eval()
