@@ -124,8 +124,10 @@ def test_spoken_digits_tiny_run_reports_held_out_voices_engine_and_real_speech(t
 def test_spoken_digits_members_train_apart_and_are_scored_as_their_ensemble(tmp_path, data, capsys):
     out = tmp_path / "run"
     argv = ["--out", str(out), "--data", str(data), "--wandb", "offline", *TINY_RUN, "--limit", "20", "--num-bands",
-            "2", "--members", "2", "--eval-speeds", "1"]
+            "2", "--members", "2", "--eval-speeds", "1", "--conv", "time", "time-mel-frames", "--conv-channels", "8"]
     returned = spoken_digits.main(argv)
+    printed = capsys.readouterr().out
+    assert "member 1 of 2: seed 1, --conv time-mel-frames --conv-channels 8, in" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == returned and metrics["members"] == 2 and metrics["test_samples"] == 20
     members = [json.loads((out / f"member-{k}" / "metrics.json").read_text()) for k in range(2)]
@@ -136,10 +138,11 @@ def test_spoken_digits_members_train_apart_and_are_scored_as_their_ensemble(tmp_
         assert metrics[f"member{k}_real_predictions"] == found["real_predictions"]
     ensemble = load_model(out / "model").eval()
     assert isinstance(ensemble, EnsembleClassifier) and len(ensemble.models) == 2
+    assert [m.input_adapter.config["conv"] for m in ensemble.models] == ["time", "time-mel-frames"]  # one stem each
     saved = [load_model(out / f"member-{k}" / "model").eval() for k in range(2)]
     for member, inside in zip(saved, ensemble.models):
         assert all(torch.equal(a, b) for a, b in zip(member.state_dict().values(), inside.state_dict().values()))
-    assert any(not torch.equal(a, b) for a, b in zip(*(m.state_dict().values() for m in saved)))  # seeds 0 and 1
+    assert any(not torch.equal(a, b) for a, b in zip(*(m.state_dict().values() for m in saved)))  # two stems
     # The ensemble's answer for each real recording (one per digit, in order): the mean of the members' log-probs.
     max_samples = ensemble.input_adapter.max_samples
     batch = next(iter(make_loader(sorted((data / "spoken-digits").glob("spoken-digits-real-*.tar")), batch_size=10,
@@ -169,7 +172,7 @@ def test_spoken_digits_members_side_by_side_train_as_one_after_another(tmp_path,
     """Two members at once, each in a process of its own on one thread, end with the weights that one after another
     on one thread give; each writes its output to its own log."""
     argv = ["--data", str(data), "--wandb", "offline", *TINY_RUN, "--limit", "20", "--num-bands", "2", "--members",
-            "2", "--eval-speeds", "1"]
+            "2", "--eval-speeds", "1", "--conv", "time", "time-mel-frames", "--conv-channels", "8"]
     apart = spoken_digits.main(["--out", str(tmp_path / "apart"), *argv, "--threads", "1"])
     capsys.readouterr()
     monkeypatch.setattr(member_runs, "STATUS_SECONDS", 0.0)  # --no-progress (TINY_RUN): a status line every poll
@@ -244,7 +247,27 @@ def test_spoken_digits_input_flag_swaps_the_adapter():
         assert adapter.config["conv"] == conv and adapter.config["channels"] == [8, 8]
         assert adapter.num_channels == channels + fourier
     defaults = spoken_digits.parse_arguments([])
-    assert (defaults.conv, defaults.conv_channels) == ("time", 128)  # the stem of the README's runs
+    assert spoken_digits.member_stem(defaults) == ("time", 128)  # the stem of the README's runs
+
+
+def test_spoken_digits_members_take_the_conv_stems_in_turn(capsys):
+    stems = ["--conv", "time", "time-mel-frames"]
+    args = spoken_digits.parse_arguments(["--members", "5", *stems])
+    assert [spoken_digits.member_stem(args, k) for k in range(5)] == [
+        ("time", 128), ("time-mel-frames", 32), ("time", 128), ("time-mel-frames", 32), ("time", 128)]
+    args = spoken_digits.parse_arguments(["--members", "2", *stems, "--conv-channels", "16"])
+    assert [spoken_digits.member_stem(args, k) for k in range(2)] == [("time", 16), ("time-mel-frames", 16)]
+    args = spoken_digits.parse_arguments(["--members", "2", *stems, "--conv-channels", "16", "8"])
+    assert spoken_digits.member_flags(args, 1) == {"conv": ["time-mel-frames"], "conv_channels": [8]}
+    member = member_runs.member_arguments(args, 1, **spoken_digits.member_flags(args, 1))
+    assert spoken_digits.member_stem(member) == ("time-mel-frames", 8) and member.seed == 1
+    for argv, message in ((["--members", "2", *stems, "--conv-channels", "1", "2", "3"],
+                           "--conv-channels: expected one width or one per --conv stem (2), got 3"),
+                          (stems, "expected --input conv and --members >= 2, got --input conv and --members 1"),
+                          (["--members", "2", "--input", "patches", *stems], "got --input patches")):
+        with pytest.raises(SystemExit):
+            spoken_digits.parse_arguments(argv)
+        assert message in capsys.readouterr().err
 
 
 def test_speed_averaged_log_probs_keep_each_clip_alone_or_padded_in_a_batch():
