@@ -29,11 +29,13 @@ frequency; behind the default on every figure in a full run, docs/exps.md). ``--
 (seeds ``--seed`` to ``--seed`` + N − 1, each a run of its own in ``OUT/member-k``; on a CPU one per thread at once,
 each in a process of its own, ``--members-at-once``) and scores the mean of their log-probabilities as one model
 (``perceiver.ensemble.EnsembleClassifier``, saved in ``OUT/model``, which ``experiments.predict_digits`` reads as
-it reads one model)::
+it reads one model). Given several stems, ``--conv`` makes an ensemble that mixes them: member k trains the k-th
+in turn (``member_stem``)::
 
     python -m experiments.spoken_digits --out runs/spoken-digits
     python -m experiments.spoken_digits --out runs/spoken-digits-frames --input time-frames
     python -m experiments.spoken_digits --out runs/spoken-digits-pair --members 2
+    python -m experiments.spoken_digits --out runs/spoken-digits-mixed --members 4 --conv time time-mel-frames
     torchrun --nproc_per_node=2 -m experiments.spoken_digits --out runs/spoken-digits-ddp
 """
 
