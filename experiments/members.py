@@ -94,9 +94,9 @@ def train_members(train: Callable[[argparse.Namespace], Any], args: argparse.Nam
         train_side_by_side(train, args, pending, at_once, threads, describe=describe, flags=flags)
     else:
         for k in pending:
-            print(f"member {k} of {args.members}: seed {args.seed + k}{own_flags(flags(args, k))}, in "
-                  f"{out / f'member-{k}'}")
-            train(member_arguments(args, k, **flags(args, k)))
+            own = flags(args, k)
+            print(f"member {k} of {args.members}: seed {args.seed + k}{own_flags(own)}, in {out / f'member-{k}'}")
+            train(member_arguments(args, k, **own))
     return [json.loads((out / f"member-{k}" / "metrics.json").read_text()) for k in range(args.members)], at_once
 
 
@@ -190,9 +190,10 @@ def train_side_by_side(train: Callable[[argparse.Namespace], Any], args: argpars
     for ``--resume``); the failures are raised together at the end, each with its log."""
     out = Path(args.out)
     logs = {k: out / f"member-{k}" / "train.log" for k in pending}
+    own = {k: flags(args, k) for k in pending}
     for k in pending:
         logs[k].parent.mkdir(parents=True, exist_ok=True)
-        print(f"member {k} of {args.members}: seed {args.seed + k}{own_flags(flags(args, k))}, in {logs[k].parent}, "
+        print(f"member {k} of {args.members}: seed {args.seed + k}{own_flags(own[k])}, in {logs[k].parent}, "
               f"{threads} thread(s), output in {logs[k]}")
     bars = {k: tqdm(total=args.max_steps, desc=f"member {k}", unit="step", position=row, disable=args.no_progress)
             for row, k in enumerate(pending)}
@@ -201,7 +202,7 @@ def train_side_by_side(train: Callable[[argparse.Namespace], Any], args: argpars
     with ProcessPoolExecutor(max_workers=at_once, mp_context=context, max_tasks_per_child=1) as pool:
         running = {}
         for k in pending:
-            member = member_arguments(args, k, **flags(args, k), threads=threads, no_progress=True)
+            member = member_arguments(args, k, **own[k], threads=threads, no_progress=True)
             running[pool.submit(train_member, train, member, logs[k])] = k
         steps = dict.fromkeys(pending, 0)  # read from the logs (a disabled bar counts nothing)
         last_status = time.monotonic()

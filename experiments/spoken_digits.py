@@ -74,7 +74,7 @@ EVAL_SPEEDS = (0.85, 0.9, 1.0, 1.1, 1.15)
 # Evaluations: split, metric prefix.
 EVALUATIONS = (("test", ""), ("engine", "engine_"), ("real", "real_"))
 # What --input picks: "time-frames" makes one token of each group of --patch-frames frames over all mel bins;
-# "patches" cuts time × frequency tiles; "conv" runs 1-D convolutions over time with the mel bins as channels.
+# "patches" cuts time × frequency tiles; "conv" runs a convolutional stem (--conv picks which, member_stem).
 INPUTS = ("time-frames", "patches", "conv")
 # Each conv stem's width when --conv-channels is not given. The 2-D stem that keeps one token per frame holds every
 # mel cell's channels in it, so 32 channels give it the 1-D stem's size (815 k parameters against 835 k).
