@@ -120,19 +120,22 @@ def add_data_args(parser: argparse.ArgumentParser, dataset: str) -> None:
     """The flags of an experiment that reads shards: where they live, the size of an on-demand build, loader workers."""
     data = parser.add_argument_group("data")
     data.add_argument("--data", type=Path, default=Path("data"), help=f"shards live in DATA/{dataset}")
-    data.add_argument("--limit", type=int, default=None, help="build at most this many samples per split")
+    data.add_argument("--limit", type=int, default=None,
+                      help=f"build at most this many samples per split, in DATA/{dataset}-limitLIMIT")
     data.add_argument("--num-workers", type=int, default=1, help="data loader workers per process")
 
 
 def ensure_shards(name: str, data_dir: str | Path, splits: tuple[str, ...], *, limit: int | None = None,
                   seed: int = 0) -> dict[str, list[str]]:
-    """Shard paths per split of dataset ``name`` under ``data_dir/name``; missing splits are built (by rank 0).
+    """Shard paths per split of dataset ``name`` under ``shard_directory(data_dir, name, limit)``; missing splits are
+    built (by rank 0).
 
-    ``limit`` caps the samples per split of a build (tiny runs and tests). Existing shards are used when their
-    manifest (``NAME-{split}.json``) records the same limit; shards built with another limit are rebuilt, and the run
-    says so. Shards without a manifest (built before manifests existed) are used as they are, with a note.
+    ``limit`` caps the samples per split of a build (tiny runs and tests), which lives in a folder of its own. Existing
+    shards are used when their manifest (``NAME-{split}.json``) records the same limit; shards built with another limit
+    (by hand, into the folder) are rebuilt, and the run says so. Shards without a manifest (built before manifests
+    existed) are used as they are, with a note.
     """
-    directory = Path(data_dir) / name
+    directory = shard_directory(data_dir, name, limit)
     shards = {}
     for split in splits:
         if distributed.rank() == 0:
@@ -149,6 +152,12 @@ def ensure_shards(name: str, data_dir: str | Path, splits: tuple[str, ...], *, l
             dist.barrier()  # the other ranks wait for rank 0's check and build
         shards[split] = find_shards(directory, name, split)
     return shards
+
+
+def shard_directory(data_dir: str | Path, name: str, limit: int | None = None) -> Path:
+    """Where a run keeps dataset ``name``'s shards: ``data_dir/name``, or ``data_dir/name-limitN`` for a ``--limit N``
+    build, so that a tiny run never replaces the whole dataset's shards (nor a whole run a tiny one's)."""
+    return Path(data_dir) / (name if limit is None else f"{name}-limit{limit}")
 
 
 def _asked(limit: int | None) -> str:

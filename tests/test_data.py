@@ -409,26 +409,30 @@ def test_cli_builds_shards(tmp_path, capsys):
                              "spoken-letters", "emoji"}
 
 
-def test_a_build_records_its_limit_and_a_run_asking_for_another_rebuilds(tmp_path, capsys):
+def test_a_build_records_its_limit_and_a_tiny_run_keeps_the_whole_shards(tmp_path, capsys):
     from experiments.common import ensure_shards
     from perceiver.data import read_manifest
-
-    directory = tmp_path / "fashion-mnist"
-    first = ensure_shards("fashion-mnist", tmp_path, ("test",), limit=5)
-    assert read_manifest(directory, "fashion-mnist", "test") == {
-        "dataset": "fashion-mnist", "split": "test", "limit": 5, "samples": 5, "shards": 1, "shard_size": 1000,
-        "seed": 0}
-    assert "building fashion-mnist/test shards" in capsys.readouterr().out
-    assert ensure_shards("fashion-mnist", tmp_path, ("test",), limit=5) == first
-    assert capsys.readouterr().out == ""                    # the same limit: used as they are
-    ensure_shards("fashion-mnist", tmp_path, ("test",), limit=7)
-    out = capsys.readouterr().out
-    assert "they were built with --limit 5 (5 samples), this run asks for --limit 7" in out
-    assert read_manifest(directory, "fashion-mnist", "test")["samples"] == 7
     from perceiver.data.shards import iter_raw_samples
 
-    paths = find_shards(directory, "fashion-mnist", "test")
-    assert sum(1 for path in paths for _ in iter_raw_samples(path, lambda *problem: None)) == 7
+    directory = tmp_path / "fashion-mnist"
+    # Shards built by hand with a limit into the whole dataset's folder: a run asking for all samples rebuilds them
+    build_dataset("fashion-mnist", directory, splits=["test"], limit=5, progress=False)
+    ensure_shards("fashion-mnist", tmp_path, ("test",), limit=None)
+    assert "they were built with --limit 5 (5 samples), this run asks for all samples" in capsys.readouterr().out
+    assert read_manifest(directory, "fashion-mnist", "test")["samples"] == 10_000
+    for limit in (5, 7):  # a tiny run builds beside them, in a folder of its own, and leaves the whole shards alone
+        found = ensure_shards("fashion-mnist", tmp_path, ("test",), limit=limit)
+        assert read_manifest(tmp_path / f"fashion-mnist-limit{limit}", "fashion-mnist", "test") == {
+            "dataset": "fashion-mnist", "split": "test", "limit": limit, "samples": limit, "shards": 1,
+            "shard_size": 1000, "seed": 0}
+        assert f"building fashion-mnist/test shards in {tmp_path / f'fashion-mnist-limit{limit}'}: none there" in (
+            capsys.readouterr().out)
+        assert sum(1 for path in found["test"] for _ in iter_raw_samples(path, lambda *problem: None)) == limit
+        assert ensure_shards("fashion-mnist", tmp_path, ("test",), limit=limit) == found
+        assert capsys.readouterr().out == ""                # the same limit again: used as they are
+    assert read_manifest(directory, "fashion-mnist", "test")["samples"] == 10_000
+    ensure_shards("fashion-mnist", tmp_path, ("test",), limit=None)
+    assert capsys.readouterr().out == ""                    # the whole shards are still there, used as they are
     (directory / "fashion-mnist-test.json").unlink()         # shards from before manifests: used, with a note
     ensure_shards("fashion-mnist", tmp_path, ("test",), limit=None)
     assert "have no manifest" in capsys.readouterr().out
