@@ -83,7 +83,8 @@ STEM_CHANNELS = {"time": 128, "time-mel": 128, "time-mel-frames": 32}
 
 def build_adapter(args) -> SpectrogramAdapter | SpectrogramConvAdapter:
     spectrogram = dict(sample_rate=SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=args.n_mels, f_max=args.f_max,
-                       max_duration=args.max_duration, normalize=args.normalize, num_bands=args.num_bands,
+                       max_duration=args.max_duration, normalize=args.normalize, floor_db=args.floor_db,
+                       num_bands=args.num_bands,
                        warp=args.warp, time_masks=args.time_masks, time_mask_frames=args.time_mask_frames,
                        freq_masks=args.freq_masks, freq_mask_bins=args.freq_mask_bins)
     if args.input == "conv":
@@ -181,6 +182,9 @@ def add_arguments(parser) -> None:
                        help="standardise each clip's log-mel by one mean or by one mean per mel bin (cepstral mean "
                             "normalisation, which removes a fixed colouring of the microphone or room; behind on the "
                             "held-out engine and the real recordings in two seeds, docs/exps.md)")
+    model.add_argument("--floor-db", type=float, default=None,
+                       help="the floor under the log-mel this many dB below each clip's mean mel power, so that what "
+                            "lies further below (silence, hiss) reads the same (default: an absolute floor of 1e-6)")
     model.add_argument("--max-duration", type=float, default=MAX_DURATION,
                        help="longer speech is cut, in seconds")
     model.add_argument("--speech-margin", type=float, default=SPEECH_MARGIN,

@@ -180,14 +180,18 @@ def test_patch_adapter_errors():
 # ---------------------------------------------------------------- spectrograms
 
 
-def reference_log_mel(waveform: np.ndarray, *, sample_rate, n_fft, hop, n_mels, scale, floor=1e-6, band=False):
+def reference_log_mel(waveform: np.ndarray, *, sample_rate, n_fft, hop, n_mels, scale, floor=1e-6, band=False,
+                      floor_db=None):
     """float64 log-mel of one waveform, frame by frame with numpy, normalised over all its frames (``band``: less
-    each mel bin's own mean)."""
+    each mel bin's own mean; ``floor_db``: the floor that many dB below the mean mel power)."""
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
     frames = [waveform[s : s + n_fft] * window for s in range(0, len(waveform) - n_fft + 1, hop)]
     power = np.abs(np.fft.rfft(np.stack(frames), axis=-1)) ** 2
     fbank = mel_filterbank(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, mel_scale=scale).numpy()
-    log_mel = np.log(power @ fbank + floor)
+    mel = power @ fbank
+    if floor_db is not None:
+        floor = mel.mean() / 10 ** (floor_db / 10)
+    log_mel = np.log(mel + floor)
     centred = log_mel - (log_mel.mean(axis=0) if band else log_mel.mean())
     return centred / np.sqrt((centred**2).mean() + 1e-5)
 
@@ -244,9 +248,31 @@ def test_band_normalisation_matches_a_float64_reference_and_removes_a_fixed_filt
     assert (utterance_coloured - utterance_plain).abs().max() > 0.1
 
 
-@pytest.mark.parametrize("normalize", [True, "band"])
-def test_band_normalised_tokens_do_not_depend_on_padding(normalize):
-    adapter = small_spectrogram_adapter(normalize=normalize).double()
+def test_a_floor_below_the_mean_matches_a_float64_reference_and_reads_any_level_alike():
+    adapter = small_spectrogram_adapter(mel_scale="slaney", floor_db=30.0).double()
+    speech = torch.randn(1, 1000, dtype=torch.float64) * torch.linspace(0, 1, 1000, dtype=torch.float64) ** 4
+    log_mel, _ = adapter.log_mel(speech)
+    expected = reference_log_mel(speech[0].numpy(), sample_rate=8000, n_fft=64, hop=32, n_mels=8, scale="slaney",
+                                 floor_db=30.0)
+    torch.testing.assert_close(log_mel[0], torch.from_numpy(expected), atol=1e-9, rtol=1e-9)
+    # A recording 60 dB quieter reads the same: the floor follows the clip's level where an absolute floor does not
+    # (the quiet start of this clip sinks under 1e-6 when quieter).
+    for level in (1e-3, 1e3):
+        torch.testing.assert_close(adapter.log_mel(speech * level)[0], log_mel, atol=1e-9, rtol=1e-9)
+    absolute = small_spectrogram_adapter(mel_scale="slaney").double()
+    assert (absolute.log_mel(speech * 1e-3)[0] - absolute.log_mel(speech)[0]).abs().max() > 0.1
+    # Silence: log_floor, so the log stays finite
+    frontend = adapter.frontend
+    frontend.normalize = False
+    silent, _ = adapter.log_mel(torch.zeros(1, 1000, dtype=torch.float64))
+    assert torch.equal(silent, torch.full_like(silent, math.log(1e-6)))
+    with pytest.raises(ValueError, match=r"floor_db: expected dB > 0 below the mean mel power .*got 0.0"):
+        small_spectrogram_adapter(floor_db=0.0)
+
+
+@pytest.mark.parametrize("normalize, floor_db", [(True, None), ("band", None), (True, 30.0)])
+def test_band_normalised_tokens_do_not_depend_on_padding(normalize, floor_db):
+    adapter = small_spectrogram_adapter(normalize=normalize, floor_db=floor_db).double()
     short = torch.randn(1, 750, dtype=torch.float64)
     alone, _ = adapter(short)
     batch = torch.cat([torch.cat([short, torch.full((1, 2250), 5.0, dtype=torch.float64)], 1),

@@ -67,12 +67,18 @@ class LogMelSpectrogram(Pretrained, nn.Module):
     ``torch.stft`` with a periodic Hann window of ``n_fft`` samples, ``center=False`` (frame ``t`` covers samples
     ``[t * hop_length, t * hop_length + n_fft)``, so a frame never sees padding nor a reflection of it), power
     spectrum, mel filterbank (``mel_scale`` ``"htk"`` or ``"slaney"``, filters peaking at 1), then
-    ``log(mel + log_floor)``. With ``normalize`` (True or ``"utterance"``) each sample is standardised by the mean and
+    ``log(mel + floor)``: ``log_floor``, or with ``floor_db`` that many dB below the sample's mean mel power over its
+    real frames. With ``normalize`` (True or ``"utterance"``) each sample is standardised by the mean and
     standard deviation of its own real frames; with ``"band"`` each mel bin's mean over the sample's real frames is
     subtracted before the division (cepstral mean normalisation: a fixed filter on the way, a microphone's or a
     room's colouring, adds a constant to each bin of the log spectrum, which this removes). Frames that reach past a
     sample's real length are set to 0 and marked as padding, so a sample's real frames are the same alone or padded
     in a batch.
+
+    ``floor_db`` sets the range the log keeps by the sample's own level, as Whisper's front end keeps 80 dB below each
+    clip's loudest cell: whatever lies further below (a clean clip's silence, a noisy clip's hiss, a synthesiser's
+    digital zero) reads about the same, where an absolute floor gives each its own values over a range of 100 dB
+    and more.
 
     ``pad_mask`` is per waveform sample (B, T), True = padding, and must be trailing (real samples first). No trainable
     weights: the spectrogram front end of the spectrogram adapters.
@@ -90,8 +96,9 @@ class LogMelSpectrogram(Pretrained, nn.Module):
 
     def __init__(self, *, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, f_min: float = 0.0,
                  f_max: float | None = None, mel_scale: str = "htk", max_duration: float = 10.0,
-                 normalize: bool | str = True, log_floor: float = 1e-6, warp: float = 0.0, time_masks: int = 0,
-                 time_mask_frames: int = 10, freq_masks: int = 0, freq_mask_bins: int = 4):
+                 normalize: bool | str = True, log_floor: float = 1e-6, floor_db: float | None = None,
+                 warp: float = 0.0, time_masks: int = 0, time_mask_frames: int = 10, freq_masks: int = 0,
+                 freq_mask_bins: int = 4):
         super().__init__()
         self.config = capture_config(locals())
         max_samples = round(max_duration * sample_rate)
@@ -99,6 +106,8 @@ class LogMelSpectrogram(Pretrained, nn.Module):
             raise ValueError(f"max_duration: expected at least one frame ({n_fft} samples), got {max_samples} samples")
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize: expected one of {NORMALIZATIONS}, got {normalize!r}")
+        if floor_db is not None and not floor_db > 0:
+            raise ValueError(f"floor_db: expected dB > 0 below the mean mel power (None: log_floor), got {floor_db}")
         if not 0.0 <= warp < 1.0:
             raise ValueError(f"warp: expected a fraction in [0, 1) (factors 1 - warp to 1 + warp), got {warp}")
         for name, value in (("time_masks", time_masks), ("time_mask_frames", time_mask_frames),
@@ -110,6 +119,7 @@ class LogMelSpectrogram(Pretrained, nn.Module):
         self.n_fft, self.hop_length, self.n_mels = n_fft, hop_length, n_mels
         self.normalize = normalize
         self.log_floor = log_floor
+        self.floor_db = floor_db
         self.warp = warp
         self.time_masks, self.time_mask_frames = time_masks, time_mask_frames
         self.freq_masks, self.freq_mask_bins = freq_masks, freq_mask_bins
@@ -166,13 +176,24 @@ class LogMelSpectrogram(Pretrained, nn.Module):
         if self.training and self.warp > 0:
             power = self._warp(power)
         mel = torch.einsum("bnf,nm->bfm", power, self.filterbank.to(signal.dtype))
-        log_mel = torch.log(mel + self.log_floor)
-        frame_pad = pad_mask_from_lengths(self.num_frames(lengths), log_mel.shape[1])
+        frame_pad = pad_mask_from_lengths(self.num_frames(lengths), mel.shape[1])
+        log_mel = torch.log(mel + self._floor(mel, frame_pad))
         if self.normalize:
             log_mel = self._standardize(log_mel, frame_pad)
         if self.training and (self.time_masks or self.freq_masks):
             log_mel = log_mel.masked_fill(self._spec_augment_mask(self.num_frames(lengths), log_mel.shape[1]), 0.0)
         return log_mel.masked_fill(frame_pad[:, :, None], 0.0), frame_pad
+
+    def _floor(self, mel: Tensor, frame_pad: Tensor) -> Tensor | float:
+        """What is added to the mel power (B, F, n_mels) before the log: ``log_floor``, or ``floor_db`` below each
+        sample's mean over its real frames (B, 1, 1); a silent sample, or one without real frames, gets
+        ``log_floor``."""
+        if self.floor_db is None:
+            return self.log_floor
+        real = (~frame_pad)[:, :, None].to(mel.dtype)
+        cells = real.sum(dim=(1, 2), keepdim=True).clamp(min=1) * self.n_mels
+        mean = (mel * real).sum(dim=(1, 2), keepdim=True) / cells
+        return torch.where(mean > 0, mean * 10 ** (-self.floor_db / 10), self.log_floor)
 
     def _standardize(self, log_mel: Tensor, frame_pad: Tensor) -> Tensor:
         """Each sample's log-mel less its mean over its real frames (one mean, or with ``"band"`` one per mel bin),
@@ -227,10 +248,10 @@ class SpectrogramAdapter(InputAdapter):
     Spectrogram: ``torch.stft`` with a periodic Hann window of ``n_fft`` samples, ``center=False`` (frame ``t``
     covers samples ``[t * hop_length, t * hop_length + n_fft)``, so a frame never sees padding nor a reflection of
     it), power spectrum, mel filterbank (``mel_scale`` ``"htk"`` or ``"slaney"``, filters peaking at 1), then
-    ``log(mel + log_floor)``. With ``normalize`` each sample is standardised by the mean (``"band"``: each mel bin's
-    mean) and standard deviation of its own real frames. Frames that reach past a sample's real length, and the
-    frames added to fill the last time patch, are set to 0, so a sample's real tokens are the same whether it is
-    alone or padded in a batch.
+    ``log(mel + log_floor)`` (or a floor ``floor_db`` below the sample's mean mel power). With ``normalize`` each
+    sample is standardised by the mean (``"band"``: each mel bin's mean) and standard deviation of its own real
+    frames. Frames that reach past a sample's real length, and the frames added to fill the last time patch, are set
+    to 0, so a sample's real tokens are the same whether it is alone or padded in a batch.
 
     Patches: ``patch_size = (frames, mel bins)``; tokens are time-major (all mel patches of the first time patch,
     then the next). A patch is padding when all its frames are beyond the sample's length. Positions are absolute
@@ -254,6 +275,7 @@ class SpectrogramAdapter(InputAdapter):
         normalize: standardise each sample's log-mel over its real frames: True or ``"utterance"`` (one mean),
             ``"band"`` (one mean per mel bin), False (off); see ``LogMelSpectrogram``.
         log_floor: added to the mel power before the log.
+        floor_db: instead, a floor this many dB below each sample's mean mel power; see ``LogMelSpectrogram``.
         warp, time_masks, time_mask_frames, freq_masks, freq_mask_bins: training-mode augmentation of the
             spectrogram (vocal tract length perturbation, SpecAugment masks); see ``LogMelSpectrogram``. Off by
             default.
@@ -276,6 +298,7 @@ class SpectrogramAdapter(InputAdapter):
         num_bands: int = 32,
         normalize: bool | str = True,
         log_floor: float = 1e-6,
+        floor_db: float | None = None,
         warp: float = 0.0,
         time_masks: int = 0,
         time_mask_frames: int = 10,
@@ -294,7 +317,8 @@ class SpectrogramAdapter(InputAdapter):
                             freq_masks=freq_masks, freq_mask_bins=freq_mask_bins)
         self.frontend = LogMelSpectrogram(
             sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
-            mel_scale=mel_scale, max_duration=max_duration, normalize=normalize, log_floor=log_floor, **augmentation,
+            mel_scale=mel_scale, max_duration=max_duration, normalize=normalize, log_floor=log_floor, floor_db=floor_db,
+            **augmentation,
         )
         self.n_mels = n_mels
         self.patch_size = patch
@@ -350,7 +374,7 @@ class SpectrogramConvAdapter(InputAdapter):
     standardisation); padded frames are zero before every convolution, so a sample's real tokens are the same alone
     or padded in a batch, whatever its length.
 
-    Args: the spectrogram's (``sample_rate`` … ``max_duration``, ``normalize``, ``log_floor`` and the training-mode
+    Args: the spectrogram's (``sample_rate`` … ``max_duration``, ``normalize``, ``log_floor``, ``floor_db`` and the training-mode
     augmentation ``warp`` … ``freq_mask_bins``, as in ``SpectrogramAdapter``), then ``conv``, the stem's
     ``channels``, ``strides``, ``kernel_size`` and ``downsample`` (see ``ConvStem``), and the ``positions``
     (``"fourier"``, concatenated, or ``"learned"``, added) with ``num_bands`` per dimension.
@@ -376,6 +400,7 @@ class SpectrogramConvAdapter(InputAdapter):
         num_bands: int = 32,
         normalize: bool | str = True,
         log_floor: float = 1e-6,
+        floor_db: float | None = None,
         warp: float = 0.0,
         time_masks: int = 0,
         time_mask_frames: int = 10,
@@ -390,7 +415,8 @@ class SpectrogramConvAdapter(InputAdapter):
             raise ValueError(f"conv: expected one of {SPECTROGRAM_CONVS}, got {conv!r}")
         self.frontend = LogMelSpectrogram(
             sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
-            mel_scale=mel_scale, max_duration=max_duration, normalize=normalize, log_floor=log_floor, **augmentation,
+            mel_scale=mel_scale, max_duration=max_duration, normalize=normalize, log_floor=log_floor, floor_db=floor_db,
+            **augmentation,
         )
         self.n_mels = n_mels
         self.max_samples = self.frontend.max_samples
