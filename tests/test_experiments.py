@@ -233,12 +233,12 @@ def test_spoken_digits_trains_on_chosen_engines_with_time_frames_and_no_augmenta
 def test_spoken_digits_input_flag_swaps_the_adapter():
     # 1.2 s at 16 kHz: 118 frames (n_fft 400, hop 160); 30 time patches of 4 frames, 30 conv cells at stride 4.
     flags = ["--embed-channels", "8", "--conv-channels", "8", "--num-bands", "2", "--normalize", "band", "--warp", "0.1",
-             "--time-masks", "2", "--freq-masks", "2"]
+             "--time-masks", "2", "--freq-masks", "2", "--floor-db", "30"]
     audio, pad_mask = torch.randn(2, 19200), torch.zeros(2, 19200, dtype=torch.bool)
     for name, tokens in (("patches", 30 * 4), ("time-frames", 30), ("conv", 30)):
         adapter = spoken_digits.build_adapter(spoken_digits.parse_arguments(["--input", name, *flags])).eval()
         assert adapter.config["warp"] == 0.1 and adapter.config["time_masks"] == 2
-        assert adapter.config["normalize"] == "band"
+        assert adapter.config["normalize"] == "band" and adapter.frontend.floor_db == 30.0
         out, out_mask = adapter(audio, pad_mask)
         assert out.shape[:2] == (2, tokens) and out_mask.shape == (2, tokens)
     fourier = 2 * 2 + 1  # the time axis: its position, 2 sines, 2 cosines
@@ -248,6 +248,7 @@ def test_spoken_digits_input_flag_swaps_the_adapter():
         assert adapter.num_channels == channels + fourier
     defaults = spoken_digits.parse_arguments([])
     assert spoken_digits.member_stem(defaults) == ("time", 128)  # the stem of the README's runs
+    assert spoken_digits.build_adapter(defaults).frontend.floor_db is None  # and their absolute floor
 
 
 def test_spoken_digits_members_take_the_conv_stems_in_turn(capsys):
