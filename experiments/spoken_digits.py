@@ -84,9 +84,9 @@ STEM_CHANNELS = {"time": 128, "time-mel": 128, "time-mel-frames": 32}
 def build_adapter(args) -> SpectrogramAdapter | SpectrogramConvAdapter:
     spectrogram = dict(sample_rate=SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=args.n_mels, f_max=args.f_max,
                        max_duration=args.max_duration, normalize=args.normalize, floor_db=args.floor_db,
-                       num_bands=args.num_bands,
-                       warp=args.warp, time_masks=args.time_masks, time_mask_frames=args.time_mask_frames,
-                       freq_masks=args.freq_masks, freq_mask_bins=args.freq_mask_bins)
+                       num_bands=args.num_bands, warp=args.warp, time_masks=args.time_masks,
+                       time_mask_frames=args.time_mask_frames, freq_masks=args.freq_masks,
+                       freq_mask_bins=args.freq_mask_bins)
     if args.input == "conv":
         conv, width = member_stem(args)
         return SpectrogramConvAdapter(**spectrogram, conv=conv, channels=[width] * 2,

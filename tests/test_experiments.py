@@ -75,8 +75,8 @@ def test_fashion_mnist_members_are_scored_as_their_ensemble(tmp_path, data, monk
     saved = [load_model(out / f"member-{k}" / "model").eval() for k in range(2)]
     assert any(not torch.equal(a, b) for a, b in zip(*(m.state_dict().values() for m in saved)))  # seeds 0 and 1
     assert isinstance(load_model(out / "model"), EnsembleClassifier)
-    batch = next(iter(make_loader(sorted((data / "fashion-mnist-limit40").glob("fashion-mnist-test-*.tar")), batch_size=40,
-                                  mode="epoch", shuffle=False)))
+    test_shards = sorted((data / "fashion-mnist-limit40").glob("fashion-mnist-test-*.tar"))  # --limit 40's own folder
+    batch = next(iter(make_loader(test_shards, batch_size=40, mode="epoch", shuffle=False)))
     images = fashion_mnist.normalize_fashion(batch["image"])
     with torch.no_grad():
         log_probs = [m(images).log_softmax(-1) for m in saved]
@@ -145,8 +145,8 @@ def test_spoken_digits_members_train_apart_and_are_scored_as_their_ensemble(tmp_
     assert any(not torch.equal(a, b) for a, b in zip(*(m.state_dict().values() for m in saved)))  # two stems
     # The ensemble's answer for each real recording (one per digit, in order): the mean of the members' log-probs.
     max_samples = ensemble.input_adapter.max_samples
-    batch = next(iter(make_loader(sorted((data / "spoken-digits-limit20").glob("spoken-digits-real-*.tar")), batch_size=10,
-                                  mode="epoch", shuffle=False)))
+    real_shards = sorted((data / "spoken-digits-limit20").glob("spoken-digits-real-*.tar"))  # --limit 20's own folder
+    batch = next(iter(make_loader(real_shards, batch_size=10, mode="epoch", shuffle=False)))
     order = batch["label"].argsort()
     audio, pad_mask = spoken_digits.cut_to_speech(batch["audio"][order], batch["audio_pad_mask"][order],
                                                   max_samples=max_samples, speech_margin=spoken_digits.SPEECH_MARGIN)

@@ -374,9 +374,9 @@ class SpectrogramConvAdapter(InputAdapter):
     standardisation); padded frames are zero before every convolution, so a sample's real tokens are the same alone
     or padded in a batch, whatever its length.
 
-    Args: the spectrogram's (``sample_rate`` … ``max_duration``, ``normalize``, ``log_floor``, ``floor_db`` and the training-mode
-    augmentation ``warp`` … ``freq_mask_bins``, as in ``SpectrogramAdapter``), then ``conv``, the stem's
-    ``channels``, ``strides``, ``kernel_size`` and ``downsample`` (see ``ConvStem``), and the ``positions``
+    Args: the spectrogram's (``sample_rate`` … ``max_duration``, ``normalize``, ``log_floor``, ``floor_db`` and the
+    training-mode augmentation ``warp`` … ``freq_mask_bins``, as in ``SpectrogramAdapter``), then ``conv``, the
+    stem's ``channels``, ``strides``, ``kernel_size`` and ``downsample`` (see ``ConvStem``), and the ``positions``
     (``"fourier"``, concatenated, or ``"learned"``, added) with ``num_bands`` per dimension.
     """
 
