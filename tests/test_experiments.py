@@ -13,7 +13,7 @@ import torch
 
 from experiments import fashion_mnist, predict_digits, shakespeare_mlm, spoken_digits
 from experiments import members as member_runs
-from experiments.common import shift_and_flip_images
+from experiments.common import shard_directory, shift_and_flip_images
 from perceiver import builders, load_model
 from perceiver.adapters import MASK_ID, PAD_ID
 from perceiver.data import make_loader
@@ -75,7 +75,7 @@ def test_fashion_mnist_members_are_scored_as_their_ensemble(tmp_path, data, monk
     saved = [load_model(out / f"member-{k}" / "model").eval() for k in range(2)]
     assert any(not torch.equal(a, b) for a, b in zip(*(m.state_dict().values() for m in saved)))  # seeds 0 and 1
     assert isinstance(load_model(out / "model"), EnsembleClassifier)
-    test_shards = sorted((data / "fashion-mnist-limit40").glob("fashion-mnist-test-*.tar"))  # --limit 40's own folder
+    test_shards = sorted(shard_directory(data, "fashion-mnist", 40).glob("fashion-mnist-test-*.tar"))
     batch = next(iter(make_loader(test_shards, batch_size=40, mode="epoch", shuffle=False)))
     images = fashion_mnist.normalize_fashion(batch["image"])
     with torch.no_grad():
@@ -145,7 +145,7 @@ def test_spoken_digits_members_train_apart_and_are_scored_as_their_ensemble(tmp_
     assert any(not torch.equal(a, b) for a, b in zip(*(m.state_dict().values() for m in saved)))  # two stems
     # The ensemble's answer for each real recording (one per digit, in order): the mean of the members' log-probs.
     max_samples = ensemble.input_adapter.max_samples
-    real_shards = sorted((data / "spoken-digits-limit20").glob("spoken-digits-real-*.tar"))  # --limit 20's own folder
+    real_shards = sorted(shard_directory(data, "spoken-digits", 20).glob("spoken-digits-real-*.tar"))
     batch = next(iter(make_loader(real_shards, batch_size=10, mode="epoch", shuffle=False)))
     order = batch["label"].argsort()
     audio, pad_mask = spoken_digits.cut_to_speech(batch["audio"][order], batch["audio_pad_mask"][order],
