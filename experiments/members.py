@@ -62,7 +62,8 @@ def no_member_flags(args: argparse.Namespace, k: int) -> dict:
 
 def own_flags(flags: dict) -> str:
     """A member's own flags as its line names them: ", --conv time-mel-frames --conv-channels 32"."""
-    named = [" ".join([f"--{name.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])])
+    named = [" ".join([f"--{name.replace('_', '-')}", *("none" if item is None else str(item)
+                                                         for item in (value if isinstance(value, list) else [value]))])
              for name, value in flags.items()]
     return ", " + " ".join(named) if named else ""
 

@@ -83,7 +83,7 @@ STEM_CHANNELS = {"time": 128, "time-mel": 128, "time-mel-frames": 32}
 
 def build_adapter(args) -> SpectrogramAdapter | SpectrogramConvAdapter:
     spectrogram = dict(sample_rate=SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=args.n_mels, f_max=args.f_max,
-                       max_duration=args.max_duration, normalize=args.normalize, floor_db=args.floor_db,
+                       max_duration=args.max_duration, normalize=args.normalize, floor_db=member_floor(args),
                        num_bands=args.num_bands, warp=args.warp, time_masks=args.time_masks,
                        time_mask_frames=args.time_mask_frames, freq_masks=args.freq_masks,
                        freq_mask_bins=args.freq_mask_bins)
@@ -104,10 +104,30 @@ def member_stem(args, member: int = 0) -> tuple[str, int]:
     return conv, args.conv_channels[member % len(args.conv) % len(args.conv_channels)]
 
 
+def member_floor(args, member: int = 0) -> float | None:
+    """The floor under the log-mel that ensemble member ``member`` trains with: the values of ``--floor-db`` in turn
+    (None: the absolute floor); one model takes the first."""
+    return args.floor_db[member % len(args.floor_db)]
+
+
 def member_flags(args, member: int) -> dict:
-    """What member ``member``'s run changes in the ensemble's flags: its one stem (``member_stem``)."""
+    """What member ``member``'s run changes in the ensemble's flags: its one stem (``member_stem``) and its one floor
+    (``member_floor``)."""
     conv, width = member_stem(args, member)
-    return {"conv": [conv], "conv_channels": [width]}
+    return {"conv": [conv], "conv_channels": [width], "floor_db": [member_floor(args, member)]}
+
+
+def floor_db_value(text: str) -> float | None:
+    """A value of ``--floor-db``: dB > 0, or ``none`` for the absolute floor."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected dB > 0 or none, got {text!r}")
+    return value
 
 
 def build_model(args) -> PerceiverIO:
@@ -182,11 +202,12 @@ def add_arguments(parser) -> None:
                        help="standardise each clip's log-mel by one mean or by one mean per mel bin (cepstral mean "
                             "normalisation, which removes a fixed colouring of the microphone or room; behind on the "
                             "held-out engine and the real recordings in two seeds, docs/exps.md)")
-    model.add_argument("--floor-db", type=float, default=None,
+    model.add_argument("--floor-db", type=floor_db_value, nargs="+", default=[None],
                        help="the floor under the log-mel this many dB below each clip's mean mel power, so that what "
-                            "lies further below (silence, hiss) reads the same (default: an absolute floor of 1e-6; "
-                            "30 put two seeds ahead on the held-out engine but four of them at 98.8%% on held-out "
-                            "voices, docs/exps.md)")
+                            "lies further below (silence, hiss) reads the same, or none: an absolute floor of 1e-6 "
+                            "(the default); with --members, member k takes the k-th value modulo their number (30 put "
+                            "two seeds ahead on the held-out engine but four of them at 98.8%% on held-out voices, "
+                            "docs/exps.md)")
     model.add_argument("--max-duration", type=float, default=MAX_DURATION,
                        help="longer speech is cut, in seconds")
     model.add_argument("--speech-margin", type=float, default=SPEECH_MARGIN,

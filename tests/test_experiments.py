@@ -124,10 +124,11 @@ def test_spoken_digits_tiny_run_reports_held_out_voices_engine_and_real_speech(t
 def test_spoken_digits_members_train_apart_and_are_scored_as_their_ensemble(tmp_path, data, capsys):
     out = tmp_path / "run"
     argv = ["--out", str(out), "--data", str(data), "--wandb", "offline", *TINY_RUN, "--limit", "20", "--num-bands",
-            "2", "--members", "2", "--eval-speeds", "1", "--conv", "time", "time-mel-frames", "--conv-channels", "8"]
+            "2", "--members", "2", "--eval-speeds", "1", "--conv", "time", "time-mel-frames", "--conv-channels", "8",
+            "--floor-db", "none", "30"]
     returned = spoken_digits.main(argv)
     printed = capsys.readouterr().out
-    assert "member 1 of 2: seed 1, --conv time-mel-frames --conv-channels 8, in" in printed
+    assert "member 1 of 2: seed 1, --conv time-mel-frames --conv-channels 8 --floor-db 30.0, in" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == returned and metrics["members"] == 2 and metrics["test_samples"] == 20
     members = [json.loads((out / f"member-{k}" / "metrics.json").read_text()) for k in range(2)]
@@ -138,6 +139,7 @@ def test_spoken_digits_members_train_apart_and_are_scored_as_their_ensemble(tmp_
         assert metrics[f"member{k}_real_predictions"] == found["real_predictions"]
     ensemble = load_model(out / "model").eval()
     assert isinstance(ensemble, EnsembleClassifier) and len(ensemble.models) == 2
+    assert [member.input_adapter.frontend.floor_db for member in ensemble.models] == [None, 30.0]
     assert [m.input_adapter.config["conv"] for m in ensemble.models] == ["time", "time-mel-frames"]  # one stem each
     saved = [load_model(out / f"member-{k}" / "model").eval() for k in range(2)]
     for member, inside in zip(saved, ensemble.models):
@@ -259,9 +261,19 @@ def test_spoken_digits_members_take_the_conv_stems_in_turn(capsys):
     args = spoken_digits.parse_arguments(["--members", "2", *stems, "--conv-channels", "16"])
     assert [spoken_digits.member_stem(args, k) for k in range(2)] == [("time", 16), ("time-mel-frames", 16)]
     args = spoken_digits.parse_arguments(["--members", "2", *stems, "--conv-channels", "16", "8"])
-    assert spoken_digits.member_flags(args, 1) == {"conv": ["time-mel-frames"], "conv_channels": [8]}
+    assert spoken_digits.member_flags(args, 1) == {"conv": ["time-mel-frames"], "conv_channels": [8],
+                                                   "floor_db": [None]}
     member = member_runs.member_arguments(args, 1, **spoken_digits.member_flags(args, 1))
     assert spoken_digits.member_stem(member) == ("time-mel-frames", 8) and member.seed == 1
+    args = spoken_digits.parse_arguments(["--members", "3", "--floor-db", "none", "30"])
+    assert [spoken_digits.member_floor(args, k) for k in range(3)] == [None, 30.0, None]
+    member = member_runs.member_arguments(args, 1, **spoken_digits.member_flags(args, 1))
+    assert spoken_digits.build_adapter(member).frontend.floor_db == 30.0
+    assert spoken_digits.build_adapter(args).frontend.floor_db is None  # one model (and member 0): the first
+    for value in ("0", "-5", "loud"):
+        with pytest.raises(SystemExit):
+            spoken_digits.parse_arguments(["--floor-db", "30", value])
+        assert f"--floor-db: expected dB > 0 or none, got '{value}'" in capsys.readouterr().err
     for argv, message in ((["--members", "2", *stems, "--conv-channels", "1", "2", "3"],
                            "--conv-channels: expected one width or one per --conv stem (2), got 3"),
                           (stems, "expected --input conv and --members >= 2, got --input conv and --members 1"),
