@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Sequence
 
@@ -242,6 +243,13 @@ class LogMelSpectrogram(Pretrained, nn.Module):
         return in_time[:, :, None] | in_freq[:, None, :]
 
 
+def spectrogram_frontend(adapter_config: dict) -> LogMelSpectrogram:
+    """The ``LogMelSpectrogram`` that an adapter's arguments (its captured config) describe: each adapter repeats the
+    spectrogram's parameters in its own signature, so that they show there, and hands them on from here."""
+    names = inspect.signature(LogMelSpectrogram.__init__).parameters
+    return LogMelSpectrogram(**{name: value for name, value in adapter_config.items() if name in names})
+
+
 class SpectrogramAdapter(InputAdapter):
     """Waveforms (B, T) at ``sample_rate`` → log-mel patches → tokens (B, M, num_channels) and a pad mask (B, M).
 
@@ -313,13 +321,7 @@ class SpectrogramAdapter(InputAdapter):
             raise ValueError(f"patch_size: expected (frames, mel bins), got {patch}")
         if n_mels % patch[1]:
             raise ValueError(f"n_mels: expected a multiple of the mel patch size {patch[1]}, got {n_mels}")
-        augmentation = dict(warp=warp, time_masks=time_masks, time_mask_frames=time_mask_frames,
-                            freq_masks=freq_masks, freq_mask_bins=freq_mask_bins)
-        self.frontend = LogMelSpectrogram(
-            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
-            mel_scale=mel_scale, max_duration=max_duration, normalize=normalize, log_floor=log_floor, floor_db=floor_db,
-            **augmentation,
-        )
+        self.frontend = spectrogram_frontend(self.config)
         self.n_mels = n_mels
         self.patch_size = patch
         self.max_samples = self.frontend.max_samples
@@ -409,15 +411,9 @@ class SpectrogramConvAdapter(InputAdapter):
     ):
         super().__init__()
         self.config = capture_config(locals())
-        augmentation = dict(warp=warp, time_masks=time_masks, time_mask_frames=time_mask_frames,
-                            freq_masks=freq_masks, freq_mask_bins=freq_mask_bins)
         if conv not in SPECTROGRAM_CONVS:
             raise ValueError(f"conv: expected one of {SPECTROGRAM_CONVS}, got {conv!r}")
-        self.frontend = LogMelSpectrogram(
-            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
-            mel_scale=mel_scale, max_duration=max_duration, normalize=normalize, log_floor=log_floor, floor_db=floor_db,
-            **augmentation,
-        )
+        self.frontend = spectrogram_frontend(self.config)
         self.n_mels = n_mels
         self.max_samples = self.frontend.max_samples
         self.conv = conv
