@@ -5,9 +5,10 @@ digit alone. The source distribution of pocketsphinx 5.1.1 (PyPI; read as a tarb
 recordings of a man's voice (median pitch 86-162 Hz over the words) that hold twelve digit words: the digit string
 "two nine three four zero" (``test/data/tidigits/dhd.2934z.raw``) and card names such as "five five" and "eight of
 spades four of clubs seven of hearts" (``test/data/cards/``, whose transcriptions name them). ``WORDS`` gives each
-word's span as pocketsphinx's own decoder found it (its default US English model; every decoded word matches the
-transcription). Each word is cut with ``CONTEXT`` seconds either side, written as ``DIGIT_RECORDING_INDEX.wav``, and
-every model scores the folder exactly as ``experiments.predict_digits`` scores recordings.
+word's span as pocketsphinx's own decoder found it (its default US English model; the decoded words match the
+transcriptions and the digit string's file name, card 2's "four" decoded as its homophone "for"). Each word is cut
+with ``CONTEXT`` seconds either side, written as ``DIGIT_RECORDING_INDEX.wav``, and every model scores the folder
+exactly as ``experiments.predict_digits`` scores recordings.
 
 Words said within a phrase are shorter than words said alone and blend into their neighbours, so this is harder than
 the task trained for; and twelve words of one speaker are a coarse check of real speech, not a measure of real
@@ -91,7 +92,8 @@ def markdown(report: dict) -> str:
     words = len(WORDS)
     lines = ["# Spoken digits on words cut from another real speaker's connected speech", "",
              f"`{report['command']}` ({report['machine']}); {words} words of pocketsphinx 5.1.1's test recordings.", "",
-             "| model | right, averaged over speeds | right, plain | missed (said → taken for) |",
+             "| model | right, averaged over speeds | right, plain | missed, averaged over speeds (said → taken "
+             "for) |",
              "| --- | ---: | ---: | --- |"]
     for row in report["models"]:
         accuracy = row["accuracy"]
