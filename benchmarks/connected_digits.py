@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import platform
 import sys
 import tarfile
@@ -38,7 +37,7 @@ import torch
 from experiments import predict_digits
 from experiments.spoken_digits import CLASSES
 from perceiver.data.sources.base import source_cache
-from perceiver.files import atomic_write_text
+from perceiver.files import write_results
 
 SDIST = "pocketsphinx-5.1.1.tar.gz"
 RAW_SAMPLE_RATE = 16000  # the sdist's .raw files: headerless 16-bit little-endian mono at 16 kHz
@@ -136,9 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = markdown(report)
     print(table)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out.with_suffix(".md"), table)
-        atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+        write_results(args.out, table, report)
     return report
 
 

@@ -11,9 +11,7 @@ should deliver at least 5× that. Prints a Markdown table and writes the same fi
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import pathlib
 import platform
 import tempfile
 import time
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 
 from perceiver.data import DATASETS, DataSourceError, build_dataset, make_loader
+from perceiver.files import write_results
 
 TARGET_FACTOR = 5
 
@@ -106,10 +105,7 @@ def main(argv=None) -> dict:
               f"{r['times_training_rate']:.1f} |" for r in rows]
     table = "\n".join(lines)
     print(table)
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(table + "\n")
+    write_results(args.out, table, result)
     return result
 
 

@@ -13,15 +13,14 @@ on one CPU thread; prints a Markdown table and writes the same figures as JSON (
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import pathlib
 import platform
 import time
 
 import torch
 
 from perceiver import PerceiverAR
+from perceiver.files import write_results
 
 TARGET_SPEEDUP = 5.0
 
@@ -98,10 +97,7 @@ def main(argv=None) -> dict:
               f"{'met' if r['target_met'] else 'missed'} |" for r in rows]
     table = "\n".join(lines)
     print(table)
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(table + "\n")
+    write_results(args.out, table, result)
     return result
 
 

@@ -18,7 +18,6 @@ meets a condition no training drew.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ from experiments.spoken_digits import (DATASET, EVAL_SPEEDS, SAMPLE_RATE, SPEECH
 from perceiver.augment import add_hum, add_white_noise, clip_peaks, telephone_band, trim_to_speech
 from perceiver.config import load_model
 from perceiver.data import find_shards, make_loader
-from perceiver.files import atomic_write_text
+from perceiver.files import write_results
 from perceiver.masks import zero_padding
 from perceiver.threads import set_threads
 
@@ -168,9 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = markdown(report)
     print(table)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out.with_suffix(".md"), table)
-        atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+        write_results(args.out, table, report)
     return report
 
 

@@ -10,6 +10,7 @@ can read saved models when the umask lets them.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -45,6 +46,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """``atomic_write_bytes`` of ``text`` in UTF-8."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_results(out: str | os.PathLike, table: str, figures: dict) -> None:
+    """A benchmark's results beside each other: its Markdown ``table`` in OUT.md, its ``figures`` as JSON in
+    OUT.json, each written atomically."""
+    out = Path(out)
+    atomic_write_text(out.with_suffix(".md"), table.rstrip("\n") + "\n")
+    atomic_write_text(out.with_suffix(".json"), json.dumps(figures, indent=2) + "\n")
 
 
 def current_umask() -> int:

@@ -300,6 +300,26 @@ def test_saved_files_follow_the_umask(tmp_path, umask):
         path.name: oct(0o666 & ~umask) for path in saved}
 
 
+def test_benchmark_results_are_a_table_and_its_figures_side_by_side(tmp_path, monkeypatch):
+    from perceiver.files import write_results
+
+    out = tmp_path / "results" / "conditions"
+    write_results(out, "| a |\n| --- |\n", {"rows": [1.5]})
+    write_results(out, "| b |\n| --- |", {"rows": [2.5]})  # written again: replaced whole, one final newline
+    assert out.with_suffix(".md").read_text() == "| b |\n| --- |\n"
+    assert json.loads(out.with_suffix(".json").read_text()) == {"rows": [2.5]}
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr("perceiver.files.os.replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_results(out, "| c |", {"rows": [3.5]})
+    monkeypatch.undo()
+    assert out.with_suffix(".md").read_text() == "| b |\n| --- |\n"
+    assert sorted(path.name for path in out.parent.iterdir()) == ["conditions.json", "conditions.md"]
+
+
 @pytest.mark.parametrize("crash_in", ["fsync", "replace"])
 def test_a_crash_mid_write_keeps_the_previous_latest(tmp_path, monkeypatch, crash_in):
     path = tmp_path / LATEST
