@@ -62,9 +62,11 @@ def no_member_flags(args: argparse.Namespace, k: int) -> dict:
 
 def own_flags(flags: dict) -> str:
     """A member's own flags as its line names them: ", --conv time-mel-frames --conv-channels 32"."""
-    named = [" ".join([f"--{name.replace('_', '-')}", *("none" if item is None else str(item)
-                                                         for item in (value if isinstance(value, list) else [value]))])
-             for name, value in flags.items()]
+    named = []
+    for name, value in flags.items():
+        values = value if isinstance(value, list) else [value]
+        named.append(" ".join([f"--{name.replace('_', '-')}", *("none" if item is None else str(item)
+                                                                for item in values)]))
     return ", " + " ".join(named) if named else ""
 
 
