@@ -191,23 +191,24 @@ class LogMelSpectrogram(Pretrained, nn.Module):
         ``log_floor``."""
         if self.floor_db is None:
             return self.log_floor
-        real = (~frame_pad)[:, :, None].to(mel.dtype)
-        cells = real.sum(dim=(1, 2), keepdim=True).clamp(min=1) * self.n_mels
-        mean = (mel * real).sum(dim=(1, 2), keepdim=True) / cells
+        mean = self._real_mean(mel, frame_pad)
         return torch.where(mean > 0, mean * 10 ** (-self.floor_db / 10), self.log_floor)
 
     def _standardize(self, log_mel: Tensor, frame_pad: Tensor) -> Tensor:
         """Each sample's log-mel less its mean over its real frames (one mean, or with ``"band"`` one per mel bin),
         divided by the standard deviation of what remains."""
-        real = (~frame_pad)[:, :, None].to(log_mel.dtype)
-        frames = real.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1, 1)
-        count = frames * self.n_mels
-        if self.normalize == "band":
-            mean = (log_mel * real).sum(dim=1, keepdim=True) / frames  # (B, 1, n_mels)
-        else:
-            mean = (log_mel * real).sum(dim=(1, 2), keepdim=True) / count
-        variance = (((log_mel - mean) * real) ** 2).sum(dim=(1, 2), keepdim=True) / count
+        mean = self._real_mean(log_mel, frame_pad, per_band=self.normalize == "band")
+        variance = self._real_mean((log_mel - mean) ** 2, frame_pad)
         return (log_mel - mean) / torch.sqrt(variance + 1e-5)
+
+    def _real_mean(self, values: Tensor, frame_pad: Tensor, per_band: bool = False) -> Tensor:
+        """The mean of ``values`` (B, F, n_mels) over each sample's real frames: (B, 1, 1), or with ``per_band``
+        one per mel bin (B, 1, n_mels); a sample without real frames gets 0."""
+        real = (~frame_pad)[:, :, None].to(values.dtype)
+        frames = real.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1, 1)
+        if per_band:
+            return (values * real).sum(dim=1, keepdim=True) / frames
+        return (values * real).sum(dim=(1, 2), keepdim=True) / (frames * self.n_mels)
 
     def _warp(self, power: Tensor) -> Tensor:
         """Each sample's power (B, n_freqs, F) read at bin ``k / a`` up to the boundary ``k0 = 0.9 K min(a, 1)``
