@@ -11,6 +11,8 @@ experiment's evaluation scores a clip: on its log-probabilities averaged over th
 (``--speeds`` chooses others; ``--speeds 1`` scores each clip once), with the plain prediction beside it. Folders
 are searched for audio files. When every file's name begins with its digit followed by anything but a letter or
 digit (``7.wav``, ``7_jackson_12.wav``), the accuracy is printed too, plain and speed-averaged, with each digit's.
+A file that cannot be read, or is too short to hear, is skipped: named with its reason, counted, and listed under
+``skipped`` in the JSON; the others are still scored. Only when no file is left is it an error.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -63,12 +66,33 @@ def read_recording(path: Path, sample_rate: int, min_samples: int) -> torch.Tens
     """A recording as a float32 mono waveform (T,) at ``sample_rate``; a clear error for what cannot be heard."""
     try:
         waveform = decode_audio(path.read_bytes(), sample_rate=sample_rate)
-    except Exception as error:  # libsndfile's errors name the format, not the file
-        raise ValueError(f"recordings: could not read {path} as audio ({error})") from error
+    except Exception as error:  # libsndfile's errors name an in-memory buffer, not the file: keep their reason
+        reason = getattr(error, "error_string", None) or error
+        raise ValueError(f"recordings: could not read {path} as audio ({reason})") from error
     if len(waveform) < min_samples:
         raise ValueError(f"recordings: expected at least {min_samples} samples at {sample_rate} Hz "
                          f"({min_samples / sample_rate * 1000:.0f} ms) in {path}, got {len(waveform)}")
     return torch.from_numpy(waveform)
+
+
+def read_recordings(paths: list[Path], sample_rate: int, min_samples: int
+                    ) -> tuple[list[Path], list[torch.Tensor], list[dict]]:
+    """The recordings that can be heard (their paths and waveforms, in order) and the ones skipped, each with its
+    reason. One bad file in a folder of hundreds costs that file, not the run; with none left, it is an error."""
+    heard, waveforms, skipped = [], [], []
+    for path in paths:
+        try:
+            waveforms.append(read_recording(path, sample_rate, min_samples))
+            heard.append(path)
+        except ValueError as error:
+            skipped.append({"file": str(path), "reason": str(error)})
+            print(f"skipped: {error}", file=sys.stderr)
+    if len(skipped) == 1 and not heard:
+        raise ValueError(skipped[0]["reason"])
+    if not heard:
+        raise ValueError(f"recordings: none of the {len(skipped)} files can be scored (each named above with its "
+                         f"reason)")
+    return heard, waveforms, skipped
 
 
 def run_settings(model_dir: Path) -> dict:
@@ -154,8 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
     trained_with = run_settings(args.model)
     margin = args.speech_margin if args.speech_margin is not None else trained_with.get("speech_margin", SPEECH_MARGIN)
     speeds = tuple(args.speeds or trained_with.get("eval_speeds", EVAL_SPEEDS))
-    paths = find_recordings(args.recordings)
-    waveforms = [read_recording(path, sample_rate, frontend.n_fft) for path in paths]
+    found = find_recordings(args.recordings)
+    paths, waveforms, skipped = read_recordings(found, sample_rate, frontend.n_fft)
     plain, averaged = classify(model, waveforms, speeds=speeds, speech_margin=margin,
                                batch_size=args.batch_size, progress=len(paths) > args.batch_size)
     labels = [digit_in_name(path) for path in paths]
@@ -169,7 +193,9 @@ def main(argv: list[str] | None = None) -> dict:
         mark = ("  right" if digit == label else f"  wrong (said {label})") if known else ""
         print(f"{path}\t{digit} ({CLASSES[digit]}, p={float(row[digit].exp()):.2f}){mark}")
     result = {"model": str(args.model), "speeds": list(speeds), "speech_margin": margin,
-              "predictions": predictions}
+              "predictions": predictions, "skipped": skipped}
+    if skipped:
+        print(f"skipped {len(skipped)} of {len(found)} files (each named above with its reason); scored {len(paths)}")
     if known:
         report = accuracy_report(labels, plain, averaged)
         result["accuracy"] = report

@@ -2,6 +2,7 @@
 evaluation scores them (cut to speech, log-probabilities averaged over playback speeds), with clear errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,6 +89,25 @@ def test_predictions_match_the_experiments_scoring_of_each_file_alone(model_dir,
     assert {digit: row["files"] for digit, row in report["per_digit"].items()} == {"0": 1, "3": 2, "7": 1}
     printed = capsys.readouterr().out
     assert f"accuracy over 4 files: {hits / 4:.1%}" in printed and str(files[0]) in printed
+
+
+def test_unreadable_and_too_short_files_are_skipped_named_and_counted(model_dir, recordings, capsys):
+    scored_alone = predict_digits.main([str(model_dir), str(recordings)])
+    (recordings / "5_broken.wav").write_text("not audio")
+    soundfile.write(recordings / "2_click.wav", np.zeros(100, dtype=np.float32), 16000)
+    capsys.readouterr()
+    result = predict_digits.main([str(model_dir), str(recordings)])
+    assert result["predictions"] == scored_alone["predictions"]  # the others scored as without the bad files
+    assert result["accuracy"] == scored_alone["accuracy"]  # over the files scored: the skipped are in no figure
+    skipped = {Path(row["file"]).name: row["reason"] for row in result["skipped"]}
+    assert skipped.keys() == {"5_broken.wav", "2_click.wav"}
+    assert "could not read" in skipped["5_broken.wav"] and "BytesIO" not in skipped["5_broken.wav"]
+    assert "at least 400 samples" in skipped["2_click.wav"] and "got 100" in skipped["2_click.wav"]
+    printed = capsys.readouterr()
+    assert all(f"skipped: {reason}" in printed.err for reason in skipped.values())
+    assert "skipped 2 of 6 files" in printed.out and "scored 4" in printed.out
+    with pytest.raises(ValueError, match="none of the 2 files can be scored"):  # every file bad: an error
+        predict_digits.main([str(model_dir), str(recordings / "5_broken.wav"), str(recordings / "2_click.wav")])
 
 
 def test_a_clip_scores_the_same_in_any_batch(model_dir, recordings):
