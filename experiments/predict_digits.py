@@ -87,11 +87,9 @@ def read_recordings(paths: list[Path], sample_rate: int, min_samples: int
         except ValueError as error:
             skipped.append({"file": str(path), "reason": str(error)})
             print(f"skipped: {error}", file=sys.stderr)
-    if len(skipped) == 1 and not heard:
-        raise ValueError(skipped[0]["reason"])
-    if not heard:
-        raise ValueError(f"recordings: none of the {len(skipped)} files can be scored (each named above with its "
-                         f"reason)")
+    if not heard:  # one file: its own reason; several: each is named above
+        raise ValueError(skipped[0]["reason"] if len(skipped) == 1 else
+                         f"recordings: none of the {len(skipped)} files can be scored (each named above)")
     return heard, waveforms, skipped
 
 
