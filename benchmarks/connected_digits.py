@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
 import sys
 import tarfile
 import tempfile
@@ -32,12 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-import torch
 
 from experiments import predict_digits
+from benchmarks.report import provenance, publish
 from experiments.spoken_digits import CLASSES
 from perceiver.data.sources.base import source_cache
-from perceiver.files import write_results
 
 SDIST = "pocketsphinx-5.1.1.tar.gz"
 RAW_SAMPLE_RATE = 16000  # the sdist's .raw files: headerless 16-bit little-endian mono at 16 kHz
@@ -130,13 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         cut_words(args.sdist, words_dir)
         flags = ["--threads", str(args.threads)] if args.threads else []
         models = [predict_digits.main([str(model), str(words_dir), *flags]) for model in args.models]
-    report = {"command": " ".join(["python -m benchmarks.connected_digits", *argv]),
-              "machine": f"{platform.machine()}, torch {torch.__version__}", "models": models}
-    table = markdown(report)
-    print(table)
-    if args.out:
-        write_results(args.out, table, report)
-    return report
+    return publish({**provenance("benchmarks.connected_digits", argv), "models": models}, markdown, args.out)
 
 
 if __name__ == "__main__":

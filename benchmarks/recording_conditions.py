@@ -18,7 +18,6 @@ meets a condition no training drew.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 from typing import Callable
@@ -26,13 +25,13 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from benchmarks.report import provenance, publish
 from experiments.predict_digits import run_settings
 from experiments.spoken_digits import (DATASET, EVAL_SPEEDS, SAMPLE_RATE, SPEECH_MARGIN, cut_to_speech,
                                        plain_and_speed_averaged_log_probs)
 from perceiver.augment import add_hum, add_white_noise, clip_peaks, telephone_band, trim_to_speech
 from perceiver.config import load_model
 from perceiver.data import find_shards, make_loader
-from perceiver.files import write_results
 from perceiver.masks import zero_padding
 from perceiver.threads import set_threads
 
@@ -161,14 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append({"model": str(model_dir), "split": split, **hits})
             print(f"{model_dir} {split}: " + ", ".join(
                 f"{name} {100 * h['plain'] / h['clips']:.1f}%" for name, h in hits.items()), flush=True)
-    report = {"command": " ".join(["python -m benchmarks.recording_conditions", *argv]),
-              "machine": f"{platform.machine()}, torch {torch.__version__}", "conditions": list(args.conditions),
-              "rows": rows}
-    table = markdown(report)
-    print(table)
-    if args.out:
-        write_results(args.out, table, report)
-    return report
+    return publish({**provenance("benchmarks.recording_conditions", argv), "conditions": list(args.conditions),
+                    "rows": rows}, markdown, args.out)
 
 
 if __name__ == "__main__":
