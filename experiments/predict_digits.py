@@ -11,8 +11,9 @@ experiment's evaluation scores a clip: on its log-probabilities averaged over th
 (``--speeds`` chooses others; ``--speeds 1`` scores each clip once), with the plain prediction beside it. Folders
 are searched for audio files. When every file's name begins with its digit followed by anything but a letter or
 digit (``7.wav``, ``7_jackson_12.wav``), the accuracy is printed too, plain and speed-averaged, with each digit's.
-A file that cannot be read, or is too short to hear, is skipped: named with its reason, counted, and listed under
-``skipped`` in the JSON; the others are still scored. Only when no file is left is it an error.
+A file that cannot be read, is too short to hear or holds only digital silence is skipped: named with its reason,
+counted, and listed under ``skipped`` in the JSON; the others are still scored. Only when no file is left is it an
+error. A file of noise alone is scored like speech: the model names a digit for it.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def read_recording(path: Path, sample_rate: int, min_samples: int) -> torch.Tens
     if len(waveform) < min_samples:
         raise ValueError(f"recordings: expected at least {min_samples} samples at {sample_rate} Hz "
                          f"({min_samples / sample_rate * 1000:.0f} ms) in {path}, got {len(waveform)}")
+    # A file of one value (digital silence) holds nothing to hear, yet the model would name a digit for it. Noise
+    # alone cannot be told from speech this simply: whispered or tightly trimmed words span as few decibels from
+    # frame to frame as pink or brown noise does (docs/exps.md), so only the exact case is skipped.
+    if waveform.min() == waveform.max():
+        raise ValueError(f"recordings: expected sound in {path}, got {len(waveform)} samples that all hold "
+                         f"{float(waveform[0]):g} (digital silence)")
     return torch.from_numpy(waveform)
 
 

@@ -95,19 +95,21 @@ def test_unreadable_and_too_short_files_are_skipped_named_and_counted(model_dir,
     scored_alone = predict_digits.main([str(model_dir), str(recordings)])
     (recordings / "5_broken.wav").write_text("not audio")
     soundfile.write(recordings / "2_click.wav", np.zeros(100, dtype=np.float32), 16000)
+    soundfile.write(recordings / "4_muted.wav", np.zeros(8000, dtype=np.int16), 8000, subtype="PCM_16")
     capsys.readouterr()
     result = predict_digits.main([str(model_dir), str(recordings)])
     assert result["predictions"] == scored_alone["predictions"]  # the others scored as without the bad files
     assert result["accuracy"] == scored_alone["accuracy"]  # over the files scored: the skipped are in no figure
     skipped = {Path(row["file"]).name: row["reason"] for row in result["skipped"]}
-    assert skipped.keys() == {"5_broken.wav", "2_click.wav"}
+    assert skipped.keys() == {"5_broken.wav", "2_click.wav", "4_muted.wav"}
     assert "could not read" in skipped["5_broken.wav"] and "BytesIO" not in skipped["5_broken.wav"]
     assert "at least 400 samples" in skipped["2_click.wav"] and "got 100" in skipped["2_click.wav"]
+    assert "16000 samples that all hold 0 (digital silence)" in skipped["4_muted.wav"]  # 8 kHz, resampled to 16
     printed = capsys.readouterr()
     assert all(f"skipped: {reason}" in printed.err for reason in skipped.values())
-    assert "skipped 2 of 6 files" in printed.out and "scored 4" in printed.out
-    with pytest.raises(ValueError, match="none of the 2 files can be scored"):  # every file bad: an error
-        predict_digits.main([str(model_dir), str(recordings / "5_broken.wav"), str(recordings / "2_click.wav")])
+    assert "skipped 3 of 7 files" in printed.out and "scored 4" in printed.out
+    with pytest.raises(ValueError, match="none of the 3 files can be scored"):  # every file bad: an error
+        predict_digits.main([str(model_dir)] + [str(recordings / name) for name in skipped])
 
 
 def test_a_clip_scores_the_same_in_any_batch(model_dir, recordings):
