@@ -26,14 +26,12 @@ import argparse
 import io
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile
 
-from experiments import predict_digits
-from benchmarks.report import provenance, publish
+from benchmarks.report import check_models, provenance, publish, score_recordings
 from experiments.spoken_digits import CLASSES
 from perceiver.data.sources.base import source_cache
 
@@ -116,18 +114,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.sdist.is_file():
         parser.error(f"--sdist: expected the pocketsphinx 5.1.1 sdist at {args.sdist}; fetch it with "
                      f"pip download --no-deps --no-binary :all: pocketsphinx==5.1.1 -d {args.sdist.parent}")
+    check_models(parser, args.models)
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory() as scratch:
-        words_dir = args.words_dir or Path(scratch)
-        words_dir.mkdir(parents=True, exist_ok=True)
-        cut_words(args.sdist, words_dir)
-        flags = ["--threads", str(args.threads)] if args.threads else []
-        models = [predict_digits.main([str(model), str(words_dir), *flags]) for model in args.models]
+    _, models = score_recordings(args.models, lambda folder: cut_words(args.sdist, folder), words_dir=args.words_dir,
+                                 threads=args.threads)
     return publish({**provenance("benchmarks.connected_digits", argv), "models": models}, markdown, args.out)
 
 

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from benchmarks.report import provenance, publish
+from benchmarks.report import check_models, provenance, publish
 from experiments.predict_digits import run_settings
 from experiments.spoken_digits import (DATASET, EVAL_SPEEDS, SAMPLE_RATE, SPEECH_MARGIN, cut_to_speech,
                                        plain_and_speed_averaged_log_probs)
@@ -136,9 +136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--limit: expected a positive number of clips, got {args.limit}")
     if args.batch_size < 1:
         parser.error(f"--batch-size: expected a positive int, got {args.batch_size}")
-    for model in args.models:
-        if not (model / "config.json").is_file():
-            parser.error(f"models: expected a saved model folder (with config.json), got {model}")
+    check_models(parser, args.models)
     return args
 
 

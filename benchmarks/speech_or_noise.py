@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.recording_conditions import CONDITIONS, batches_of
-from benchmarks.report import provenance, publish
+from benchmarks.report import check_models, provenance, publish
 from experiments.predict_digits import run_settings
 from experiments.spoken_digits import (DATASET, EVAL_SPEEDS, SAMPLE_RATE, SPEECH_MARGIN, cut_to_speech,
                                        plain_and_speed_averaged_log_probs)
@@ -120,8 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.limit < 1 or args.no_speech_clips < 2:
         parser.error(f"--limit, --no-speech-clips: expected at least 1 and 2 clips, got {args.limit}, "
                      f"{args.no_speech_clips}")
-    if args.model is not None and not (args.model / "config.json").is_file():
-        parser.error(f"--model: expected a saved model folder (with config.json), got {args.model}")
+    check_models(parser, [args.model] if args.model else [], flag="--model")
     return args
 
 

@@ -36,8 +36,12 @@ def test_each_condition_keeps_padding_trailing_and_silent_and_draws_from_its_gen
 
 @pytest.fixture()
 def shards(tmp_path):
-    """Clips labelled with the tiny model's own plain prediction, so that hits are not all zero."""
-    data = tmp_path / "data"
+    return write_engine_shards(tmp_path / "data")
+
+
+def write_engine_shards(data):
+    """An ``engine`` split in ``data``: clips labelled with the tiny model's own plain prediction, so that hits are
+    not all zero."""
     model = tiny_model()
     with ShardWriter(data / spoken_digits.DATASET, spoken_digits.DATASET, "engine", shard_size=4) as writer:
         for i in range(CLIPS):

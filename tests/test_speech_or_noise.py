@@ -11,7 +11,7 @@ from benchmarks import recording_conditions, speech_or_noise
 from experiments import spoken_digits
 from perceiver.masks import pad_mask_from_lengths
 from tests.test_predict_digits import tiny_model
-from tests.test_recording_conditions import shards  # noqa: F401 (a fixture)
+from tests.test_recording_conditions import write_engine_shards
 
 
 def reference_range_db(waveform: np.ndarray) -> float:
@@ -51,7 +51,8 @@ def test_clips_without_speech_are_seeded_and_of_their_kind():
     assert ranges["white noise"] < ranges["pink noise"] < ranges["brown noise"]  # slower swings, wider range
 
 
-def test_each_row_summarises_its_clips_end_to_end(shards, tmp_path):  # noqa: F811
+def test_each_row_summarises_its_clips_end_to_end(tmp_path):
+    shards = write_engine_shards(tmp_path / "data")
     model_dir = tmp_path / "run" / "model"
     tiny_model().save_pretrained(model_dir)
     out = tmp_path / "speech_or_noise"
