@@ -13,7 +13,8 @@ scores recordings::
 
     python -m benchmarks.neural_voice runs/spoken-digits/model [MODEL ...] --out benchmarks/results/neural_voice
 
-Prints a Markdown table and writes it, with every clip's settings and prediction as JSON, to OUT.md and OUT.json.
+Prints a Markdown table and writes it, with every clip's settings and every model's digit for each, as JSON, to
+OUT.md and OUT.json.
 """
 
 from __future__ import annotations
@@ -71,6 +72,15 @@ def synthesize(out_dir: Path, per_digit: int, seed: int) -> list[dict]:
     return clips
 
 
+def compact(result: dict) -> dict:
+    """A model's result from ``experiments.predict_digits``, its predictions as two strings of digits in the clips'
+    order (speed-averaged and plain): hundreds of clips for dozens of models stay a small file."""
+    predictions = result["predictions"]
+    return {"model": result["model"], "speeds": result["speeds"], "speech_margin": result["speech_margin"],
+            "accuracy": result["accuracy"], "digits": "".join(str(p["digit"]) for p in predictions),
+            "plain_digits": "".join(str(p["plain_digit"]) for p in predictions)}
+
+
 def markdown(report: dict) -> str:
     clips = len(report["clips"])
     lines = ["# Spoken digits on a neural voice of a real speaker (Piper en_US-joe-medium)", "",
@@ -78,9 +88,11 @@ def markdown(report: dict) -> str:
              "", "| model | right, averaged over speeds | right, plain | digits missed most, averaged over speeds "
                  "(said → taken for: clips) |",
              "| --- | ---: | ---: | --- |"]
+    labels = [int(clip["file"][0]) for clip in report["clips"]]
     for row in report["models"]:
         accuracy = row["accuracy"]
-        missed = collections.Counter((p["label"], p["digit"]) for p in row["predictions"] if p["digit"] != p["label"])
+        missed = collections.Counter((said, int(taken)) for said, taken in zip(labels, row["digits"])
+                                     if int(taken) != said)
         worst = ", ".join(f"{CLASSES[said]} → {CLASSES[taken]}: {count}" for (said, taken), count
                           in missed.most_common(4)) or "none"
         lines.append(f"| {row['model']} | {accuracy['speed_averaged_hits'] / clips:.1%} | "
@@ -107,8 +119,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    clips, models = score_recordings(args.models, lambda folder: synthesize(folder, args.per_digit, args.seed),
-                                     words_dir=args.words_dir, threads=args.threads)
+    clips, results = score_recordings(args.models, lambda folder: synthesize(folder, args.per_digit, args.seed),
+                                      words_dir=args.words_dir, threads=args.threads)
+    models = [compact(result) for result in results]
     return publish({**provenance("benchmarks.neural_voice", argv), "clips": clips, "models": models}, markdown,
                    args.out)
 

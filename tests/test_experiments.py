@@ -249,7 +249,7 @@ def test_spoken_digits_input_flag_swaps_the_adapter():
         assert adapter.config["conv"] == conv and adapter.config["channels"] == [8, 8]
         assert adapter.num_channels == channels + fourier
     defaults = spoken_digits.parse_arguments([])
-    assert spoken_digits.member_stem(defaults) == ("time", 128)  # the stem of the README's runs
+    assert spoken_digits.member_stem(defaults) == ("time-mel-frames", 32)  # the stem of the README's command
     assert spoken_digits.build_adapter(defaults).frontend.floor_db is None  # and their absolute floor
 
 

@@ -2,6 +2,7 @@
 folder exactly as experiments.predict_digits scores recordings."""
 
 import json
+from pathlib import Path
 
 import pytest
 import soundfile
@@ -38,8 +39,11 @@ def test_the_table_is_predict_digits_scoring_of_the_utterances(tmp_path):
     report = neural_voice.main([str(model_dir), "--per-digit", "1", "--words-dir", str(words), "--threads", "1",
                                 "--out", str(out)])
     alone = predict_digits.main([str(model_dir), str(words), "--threads", "1"])
-    assert report["models"][0]["predictions"] == alone["predictions"]
-    assert report["models"][0]["accuracy"] == alone["accuracy"]
+    (row,) = report["models"]
+    assert row["digits"] == "".join(str(p["digit"]) for p in alone["predictions"])
+    assert row["plain_digits"] == "".join(str(p["plain_digit"]) for p in alone["predictions"])
+    assert row["accuracy"] == alone["accuracy"] and len(row["digits"]) == len(report["clips"]) == 10
+    assert [Path(p["file"]).name for p in alone["predictions"]] == [c["file"] for c in report["clips"]]  # one order
     assert json.loads(out.with_suffix(".json").read_text()) == report
     hits = alone["accuracy"]["speed_averaged_hits"]
     assert f"| {model_dir} | {hits / 10:.1%} |" in out.with_suffix(".md").read_text()
