@@ -26,9 +26,8 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.report import check_models, provenance, publish
-from experiments.predict_digits import run_settings
-from experiments.spoken_digits import (DATASET, EVAL_SPEEDS, SAMPLE_RATE, SPEECH_MARGIN, cut_to_speech,
-                                       plain_and_speed_averaged_log_probs)
+from experiments.predict_digits import scoring_settings
+from experiments.spoken_digits import DATASET, SAMPLE_RATE, cut_to_speech, plain_and_speed_averaged_log_probs
 from perceiver.augment import add_hum, add_white_noise, clip_peaks, telephone_band, trim_to_speech
 from perceiver.config import load_model
 from perceiver.data import find_shards, make_loader
@@ -148,9 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for model_dir in args.models:
         model = load_model(model_dir).eval()
-        trained_with = run_settings(model_dir)
-        margin = trained_with.get("speech_margin", SPEECH_MARGIN)
-        speeds = tuple(trained_with.get("eval_speeds", EVAL_SPEEDS))
+        margin, speeds = scoring_settings(model_dir)
         for split in args.splits:
             batches = tqdm(batches_of(shards[split], args.limit, args.batch_size),
                            desc=f"{model_dir.parent.name} {split}", unit="batch", disable=args.no_progress)

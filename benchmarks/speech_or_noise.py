@@ -27,9 +27,8 @@ import torch
 
 from benchmarks.recording_conditions import CONDITIONS, batches_of
 from benchmarks.report import check_models, provenance, publish
-from experiments.predict_digits import run_settings
-from experiments.spoken_digits import (DATASET, EVAL_SPEEDS, SAMPLE_RATE, SPEECH_MARGIN, cut_to_speech,
-                                       plain_and_speed_averaged_log_probs)
+from experiments.predict_digits import scoring_settings
+from experiments.spoken_digits import DATASET, SAMPLE_RATE, cut_to_speech, plain_and_speed_averaged_log_probs
 from perceiver.augment import add_hum, colored_noise, remove_dc
 from perceiver.config import load_model
 from perceiver.data import find_shards
@@ -129,9 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     set_threads(args.threads)
     model = load_model(args.model).eval() if args.model else None
-    trained_with = run_settings(args.model) if args.model else {}
-    scoring = dict(speech_margin=trained_with.get("speech_margin", SPEECH_MARGIN),
-                   speeds=tuple(trained_with.get("eval_speeds", EVAL_SPEEDS)))
+    if model is not None:
+        margin, speeds = scoring_settings(args.model)
+        scoring = dict(speech_margin=margin, speeds=speeds)
 
     def row(clips: str, kind: str, pieces: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
         figures = {"clips": clips, "kind": kind, "n": sum(len(audio) for audio, _ in pieces),

@@ -110,6 +110,15 @@ def run_settings(model_dir: Path) -> dict:
     return {}
 
 
+def scoring_settings(model_dir: Path, *, speech_margin: float | None = None,
+                     speeds: tuple[float, ...] | None = None) -> tuple[float, tuple[float, ...]]:
+    """The margin of the cut to speech and the playback speeds to score a model's clips with: the values given, else
+    those of the run that trained it (``run_settings``), else the experiment's defaults."""
+    trained_with = run_settings(model_dir)
+    margin = speech_margin if speech_margin is not None else trained_with.get("speech_margin", SPEECH_MARGIN)
+    return margin, tuple(speeds or trained_with.get("eval_speeds", EVAL_SPEEDS))
+
+
 @torch.no_grad()
 def classify(model: torch.nn.Module, waveforms: list[torch.Tensor], *, speeds: tuple[float, ...],
              speech_margin: float, batch_size: int = 32, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,9 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"model: expected a spoken-digits model (an audio input adapter) in {args.model}, "
                          f"got a {type(getattr(model, 'input_adapter', model)).__name__}")
     sample_rate = frontend.config["sample_rate"]
-    trained_with = run_settings(args.model)
-    margin = args.speech_margin if args.speech_margin is not None else trained_with.get("speech_margin", SPEECH_MARGIN)
-    speeds = tuple(args.speeds or trained_with.get("eval_speeds", EVAL_SPEEDS))
+    margin, speeds = scoring_settings(args.model, speech_margin=args.speech_margin, speeds=args.speeds)
     found = find_recordings(args.recordings)
     paths, waveforms, skipped = read_recordings(found, sample_rate, frontend.n_fft)
     plain, averaged = classify(model, waveforms, speeds=speeds, speech_margin=margin,
