@@ -27,13 +27,18 @@ def score_recordings(models: list[Path], write: Callable[[Path], Any], *, words_
                      threads: int | None = None) -> tuple[Any, list[dict]]:
     """``write(folder)`` puts recordings named by their digit into ``words_dir`` (a scratch folder when None); each
     model then scores the folder exactly as ``experiments.predict_digits`` scores recordings. Returns what ``write``
-    returned and each model's result."""
+    returned and each model's result, its files named relative to the folder (a scratch folder's path is gone once
+    the call returns, and would change every published report)."""
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(words_dir or scratch)
         folder.mkdir(parents=True, exist_ok=True)
         written = write(folder)
         flags = ["--threads", str(threads)] if threads else []
-        return written, [predict_digits.main([str(model), str(folder), *flags]) for model in models]
+        results = [predict_digits.main([str(model), str(folder), *flags]) for model in models]
+    for result in results:
+        for entry in result["predictions"] + result["skipped"]:
+            entry["file"] = str(Path(entry["file"]).relative_to(folder))
+    return written, results
 
 
 def provenance(module: str, argv: list[str]) -> dict:

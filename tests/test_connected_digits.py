@@ -3,6 +3,7 @@ their digit, and scored as experiments.predict_digits scores recordings."""
 
 import io
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,7 +58,10 @@ def test_the_table_is_predict_digits_scoring_of_the_cut_words(sdist, tmp_path):
     report = connected_digits.main([str(model_dir), "--sdist", str(sdist), "--words-dir", str(tmp_path / "words"),
                                     "--threads", "1", "--out", str(out)])
     alone = predict_digits.main([str(model_dir), str(tmp_path / "words"), "--threads", "1"])
-    assert report["models"][0]["predictions"] == alone["predictions"]
+    words = tmp_path / "words"
+    assert report["models"][0]["predictions"] == [{**p, "file": str(Path(p["file"]).relative_to(words))}
+                                                  for p in alone["predictions"]]
+    assert all(not Path(p["file"]).is_absolute() for p in report["models"][0]["predictions"])  # no scratch paths
     accuracy = alone["accuracy"]
     names = connected_digits.CLASSES
     missed = ", ".join(f"{names[p['label']]} → {names[p['digit']]}" for p in alone["predictions"]
