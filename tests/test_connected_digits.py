@@ -55,10 +55,10 @@ def test_the_table_is_predict_digits_scoring_of_the_cut_words(sdist, tmp_path):
     model_dir = tmp_path / "run" / "model"
     tiny_model().save_pretrained(model_dir)
     out = tmp_path / "results" / "connected"
-    report = connected_digits.main([str(model_dir), "--sdist", str(sdist), "--words-dir", str(tmp_path / "words"),
-                                    "--threads", "1", "--out", str(out)])
-    alone = predict_digits.main([str(model_dir), str(tmp_path / "words"), "--threads", "1"])
     words = tmp_path / "words"
+    report = connected_digits.main([str(model_dir), "--sdist", str(sdist), "--words-dir", str(words),
+                                    "--threads", "1", "--out", str(out)])
+    alone = predict_digits.main([str(model_dir), str(words), "--threads", "1"])
     assert report["models"][0]["predictions"] == [{**p, "file": str(Path(p["file"]).relative_to(words))}
                                                   for p in alone["predictions"]]
     assert all(not Path(p["file"]).is_absolute() for p in report["models"][0]["predictions"])  # no scratch paths
