@@ -18,7 +18,8 @@ from perceiver.data.sources import festival, flite, spoken_digits
 from perceiver.data.sources.av_digits import AVDigits
 from perceiver.data.sources.base import AUDIO_RATE, seeded_order, stored_audio
 from perceiver.data.sources.espeak import Synthesizer, synthesizer
-from perceiver.data.sources.spoken_digits import ENGINES, HELD_OUT_ENGINE, SpokenDigits, split_variants
+from perceiver.data.sources.spoken_digits import (ACCENT_SPELLINGS, ACCENTED_VOICES, ENGINES, HELD_OUT_ENGINE,
+                                                  AccentedSpokenDigits, SpokenDigits, split_variants)
 
 
 def made(source, spec):
@@ -39,7 +40,7 @@ def active_span(audio: np.ndarray) -> tuple[float, float]:
 
 @pytest.mark.parametrize("engine", ["espeak-ng", *ENGINES])
 def test_each_engine_says_a_digit_like_speech_and_the_same_way_twice(engine):
-    source = SpokenDigits()
+    source = AccentedSpokenDigits()  # its train split holds every training engine
     split = "engine" if engine == HELD_OUT_ENGINE else "train"
     specs = [s for s in source.specs(split, 0) if (len(s) == 5) == (engine == "espeak-ng")
              and (len(s) == 5 or s[2] == engine)]
@@ -72,11 +73,14 @@ def test_engine_parameters_are_drawn_per_spec_and_change_with_the_seed():
     for name, engine in ENGINES.items():
         zero, again, one = (source.engine_specs(engine, "engine", seed) for seed in (0, 0, 1))
         assert zero == again and zero != one
-        assert len({spec[5] for spec in zero}) > len(zero) // 2  # renditions differ
+        renditions = {}
+        for spec in zero:
+            renditions.setdefault((spec[1], spec[3]), set()).add(spec[5])
+        assert all(len(drawn) > engine.renditions // 2 for drawn in renditions.values())  # a voice's renditions differ
 
 
-def test_splits_hold_out_whole_voices_and_one_whole_engine():
-    source = SpokenDigits()
+@pytest.mark.parametrize("source", [SpokenDigits(), AccentedSpokenDigits()], ids=lambda source: source.name)
+def test_splits_hold_out_whole_voices_and_one_whole_engine(source):
     specs = {split: source.specs(split, 0) for split in ("train", "test", "engine")}
     engine_of = lambda spec: "espeak-ng" if len(spec) == 5 else spec[2]  # noqa: E731
     voice_of = lambda spec: spec[2].split("+", 1)[1] if len(spec) == 5 else spec[3]  # noqa: E731
@@ -84,12 +88,45 @@ def test_splits_hold_out_whole_voices_and_one_whole_engine():
         voices = {split: {voice_of(s) for s in found if engine_of(s) == name} for split, found in specs.items()}
         if name == HELD_OUT_ENGINE:
             assert not voices["train"] and not voices["test"] and len(voices["engine"]) == 2
+        elif name == "festival-accented":  # AccentedSpokenDigits' training voices only
+            accented = isinstance(source, AccentedSpokenDigits)
+            assert len(voices["train"]) == (len(ACCENTED_VOICES) if accented else 0)
+            assert not voices["test"] and not voices["engine"]
         else:
             assert voices["train"] and voices["test"] and voices["train"].isdisjoint(voices["test"])
             assert not voices["engine"]
     for found in specs.values():  # every digit equally often
         counts = np.bincount([s[1] for s in found], minlength=10)
         assert counts.min() == counts.max() > 0
+
+
+def test_the_accented_dataset_adds_training_voices_and_keeps_every_other_sample_and_order():
+    plain, accented = get_source("spoken-digits"), get_source("spoken-digits-accented")
+    for split in ("test", "engine", "real"):
+        assert accented.specs(split, 0) == plain.specs(split, 0)
+    added = [s for s in accented.specs("train", 0) if len(s) == 6 and s[2] == "festival-accented"]
+    assert len(added) == len(ACCENTED_VOICES) * 10 * ENGINES["festival-accented"].renditions
+    assert sorted(accented.specs("train", 0), key=repr) == sorted(plain.specs("train", 0) + added, key=repr)
+
+
+def test_an_accented_voice_reads_the_digit_respelled_in_its_own_language(monkeypatch):
+    said = []
+    monkeypatch.setattr(festival, "speak", lambda text, **kwargs: said.append((text, kwargs)) or
+                        (np.zeros(160, np.int16), AUDIO_RATE))
+    source = AccentedSpokenDigits()
+    specs = [s for s in source.specs("train", 0) if len(s) == 6 and s[2] == "festival-accented"]
+    sample = source.make(specs[0])
+    _, digit, _, voice, _, params = specs[0]
+    assert said == [(ACCENT_SPELLINGS[ACCENTED_VOICES[voice]][digit], {"voice": voice, **dict(params)})]
+    assert sample["label"] == digit and sample["meta"]["word"] == spoken_digits.WORDS[digit]
+    for spellings in ACCENT_SPELLINGS.values():  # ten distinct words each, in ASCII (the voices read other codes)
+        assert len(set(spellings)) == 10 and all(word.isascii() for word in spellings)
+
+
+def test_a_festival_voice_that_is_not_installed_names_its_package(monkeypatch):
+    monkeypatch.setattr(festival, "voices", lambda: ["kal_diphone"])
+    with pytest.raises(DataSourceError, match="voice czech_dita is not installed.*festvox-czech-dita"):
+        festival.speak("uan", voice="czech_dita", stretch=1.0)
 
 
 def old_espeak_specs(split, seed):

@@ -9,13 +9,14 @@ from perceiver.data.sources.emoji import Emoji
 from perceiver.data.sources.fashion_mnist import FashionMNIST
 from perceiver.data.sources.mnist5k import MNIST5k
 from perceiver.data.sources.shakespeare import Shakespeare
-from perceiver.data.sources.spoken_digits import SpokenDigits
+from perceiver.data.sources.spoken_digits import AccentedSpokenDigits, SpokenDigits
 from perceiver.data.sources.spoken_letters import SpokenLetters
 
 __all__ = ["SOURCES", "Source", "get_source"]
 
 SOURCES: dict[str, type[Source]] = {
-    source.name: source for source in (FashionMNIST, MNIST5k, SpokenDigits, Shakespeare, AVDigits, SpokenLetters, Emoji)
+    source.name: source for source in (FashionMNIST, MNIST5k, SpokenDigits, AccentedSpokenDigits, Shakespeare, AVDigits,
+                                       SpokenLetters, Emoji)
 }
 
 

@@ -14,8 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-INSTALL = ("apt-get install -y --no-install-recommends festival festvox-kallpc16k festvox-kdlpc16k "
-           "festvox-us-slt-hts")
+# The Debian package of each voice the datasets use.
+PACKAGES = {"kal_diphone": "festvox-kallpc16k", "ked_diphone": "festvox-kdlpc16k",
+            "cmu_us_slt_arctic_hts": "festvox-us-slt-hts", "pc_diphone": "festvox-itapc16k",
+            "lp_diphone": "festvox-italp16k", "czech_dita": "festvox-czech-dita", "czech_krb": "festvox-czech-krb",
+            "czech_machac": "festvox-czech-machac", "czech_ph": "festvox-czech-ph",
+            "suo_fi_lj_diphone": "festvox-suopuhe-lj", "hy_fi_mv_diphone": "festvox-suopuhe-mv"}
+INSTALL = "apt-get install -y --no-install-recommends festival " + " ".join(PACKAGES.values())
 VOICE_ROOT = Path("/usr/share/festival/voices")
 
 
@@ -33,8 +38,10 @@ def voices() -> list[str]:
     return sorted(path.name for path in VOICE_ROOT.glob("*/*") if (path / "festvox").is_dir())
 
 
-def _script(text: str, voice: str, stretch: float, semitones: float, out: Path) -> str:
-    if voice.endswith("_hts"):
+def _script(text: str, voice: str, stretch: float, semitones: float | None, out: Path) -> str:
+    if semitones is None:  # the voice's own intonation model sets its pitch
+        setup = f"(Parameter.set 'Duration_Stretch {stretch:.4f})"
+    elif voice.endswith("_hts"):
         setup = (f"(set! hts_engine_params (append {voice}::hts_engine_params "
                  f"'((\"-r\" {1 / stretch:.4f}) (\"-fm\" {semitones:.3f}))))")
     else:
@@ -47,14 +54,21 @@ def _script(text: str, voice: str, stretch: float, semitones: float, out: Path) 
             f"(utt.save.wave (utt.synth (Utterance Text \"{quoted}\")) \"{out}\" 'riff)\n")
 
 
-def speak(text: str, *, voice: str, stretch: float, semitones: float) -> tuple[np.ndarray, int]:
-    """int16 waveform (T,) and its sample rate; ``stretch`` scales durations, ``semitones`` shifts the pitch."""
+def speak(text: str, *, voice: str, stretch: float, semitones: float | None = None) -> tuple[np.ndarray, int]:
+    """int16 waveform (T,) and its sample rate; ``stretch`` scales durations, ``semitones`` shifts the pitch of the
+    English voices (the voices of other languages set it by their own intonation models, which ignore it)."""
     import soundfile
 
+    festival = _festival()
+    if voice not in voices():
+        from perceiver.data.errors import DataSourceError
+
+        raise DataSourceError("spoken-digits", f"festival voice {voice} is not installed",
+                              f"apt-get install -y --no-install-recommends {PACKAGES.get(voice, 'festvox-*')}")
     with tempfile.TemporaryDirectory() as folder:
         out, script = Path(folder) / "out.wav", Path(folder) / "say.scm"
         script.write_text(_script(text, voice, stretch, semitones, out))
-        done = subprocess.run([_festival(), "-b", str(script)], capture_output=True, text=True)
+        done = subprocess.run([festival, "-b", str(script)], capture_output=True, text=True)
         if done.returncode != 0 or not out.exists():
             raise RuntimeError(f"festival voice {voice} failed with status {done.returncode}: {done.stderr.strip()}")
         waveform, rate = soundfile.read(out, dtype="int16")
