@@ -121,6 +121,15 @@ def test_spoken_digits_tiny_run_reports_held_out_voices_engine_and_real_speech(t
     assert {"confusion_matrix", "engine_confusion_matrix", "real_confusion_matrix"} <= images
 
 
+@pytest.mark.parametrize("flag, dataset", [([], "spoken-digits"), (["--accented-voices"], "spoken-digits-accented")])
+def test_spoken_digits_accented_voices_pick_their_own_shards(tmp_path, monkeypatch, flag, dataset):
+    asked = []
+    monkeypatch.setattr(spoken_digits, "ensure_shards", lambda name, *rest, **kwargs: asked.append(name) or {})
+    args = spoken_digits.parse_arguments(["--out", str(tmp_path / "run"), *flag])
+    spoken_digits.run_shards(args)
+    assert asked == [dataset] and "festival-accented" in args.engines
+
+
 def test_spoken_digits_members_train_apart_and_are_scored_as_their_ensemble(tmp_path, data, capsys):
     out = tmp_path / "run"
     argv = ["--out", str(out), "--data", str(data), "--wandb", "offline", *TINY_RUN, "--limit", "20", "--num-bands",
