@@ -405,8 +405,8 @@ def test_cli_builds_shards(tmp_path, capsys):
                      "--shard-size", "3"]) == 0
     assert len(find_shards(tmp_path, "fashion-mnist", "test")) == 3
     assert "fashion-mnist/test: 3 shard(s)" in capsys.readouterr().out
-    assert set(DATASETS) == {"fashion-mnist", "mnist-5k", "spoken-digits", "shakespeare", "av-digits",
-                             "spoken-letters", "emoji"}
+    assert set(DATASETS) == {"fashion-mnist", "mnist-5k", "spoken-digits", "spoken-digits-accented", "shakespeare",
+                             "av-digits", "spoken-letters", "emoji"}
 
 
 def test_a_build_records_its_limit_and_a_tiny_run_keeps_the_whole_shards(tmp_path, capsys):
