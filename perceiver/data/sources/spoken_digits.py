@@ -49,8 +49,8 @@ SAM_PRESETS = {"sam": (72, 64, 128, 128), "elf": (72, 64, 110, 160), "little-rob
                "extra-terrestrial": (100, 64, 150, 200)}
 FEMALE = ("slt", "cmu_us_slt_arctic_hts")
 # Festival's voices of other languages read the digit words respelled in their own orthography: accented speakers,
-# and diphone voices of other timbres than the two English ones (one of which is a test speaker). ASCII only: the
-# Czech voices read ISO 8859-2 and the Finnish ones ISO 8859-1.
+# and diphone voices of other timbres than the two English ones (one of which is a test speaker). ASCII only: these
+# voices do not read UTF-8 (an Italian "fàiv" wrote no audio).
 ACCENT_SPELLINGS = {
     "italian": ("ziro", "uan", "tuh", "tri", "for", "faiv", "sics", "seven", "eit", "nain"),
     "czech": ("ziro", "uan", "tu", "tri", "for", "fajv", "siks", "sevn", "ejt", "najn"),
@@ -213,6 +213,7 @@ class AccentedSpokenDigits(SpokenDigits):
     voice, but lost 3.5 points on the held-out engine (docs/exps.md)."""
 
     name = "spoken-digits-accented"
+    # The order of the engines seeds the order of the samples: this one built the shards that docs/exps.md measured.
     split_engines = {**SPLIT_ENGINES, "train": ("espeak-ng", "flite", "festival", "festival-accented", "sam")}
 
 
