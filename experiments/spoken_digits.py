@@ -1,7 +1,7 @@
 """Spoken digits: classify spoken 0–9 with a Perceiver IO over a log-mel spectrogram, trained on synthetic voices.
 
 The shards (``perceiver.data``'s spoken-digits) are built under ``--data`` when absent: speech from espeak-ng,
-flite, Festival and SAM, plus SVOX Pico and Asterisk's recorded digits (``--accented-voices``: spoken-digits-accented,
+flite, Festival and SAM, plus SVOX Pico and Asterisk's recorded digits (``--voices accented``: spoken-digits-accented,
 whose training set adds eight Festival voices of other languages; not the default, docs/exps.md). Three evaluations:
 
 - ``test``: voices held out of training, of the four training engines (speakers never heard);
@@ -34,7 +34,8 @@ front end and the default before). ``--members N`` trains N models
 each in a process of its own, ``--members-at-once``) and scores the mean of their log-probabilities as one model
 (``perceiver.ensemble.EnsembleClassifier``, saved in ``OUT/model``, which ``experiments.predict_digits`` reads as
 it reads one model). Given several stems, ``--conv`` makes an ensemble that mixes them: member k trains the k-th
-in turn (``member_stem``); ``--floor-db`` mixes floors under the log-mel the same way (``member_floor``)::
+in turn (``member_stem``); ``--floor-db`` mixes floors under the log-mel the same way (``member_floor``), and
+``--voices`` training sets (``member_voices``)::
 
     python -m experiments.spoken_digits --out runs/spoken-digits
     python -m experiments.spoken_digits --out runs/spoken-digits-frames --input time-frames
@@ -68,6 +69,8 @@ from perceiver.training.plots import confusion_matrix
 
 NAME = "spoken_digits"
 DATASET = "spoken-digits"
+# What --voices picks: the dataset a model trains on (their test, engine and real splits are the same clips).
+VOICES = {"plain": DATASET, "accented": AccentedSpokenDigits.name}
 CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SAMPLE_RATE = 16000
 # Every engine a training split may hold (spoken-digits-accented adds Festival's accented voices to spoken-digits').
@@ -116,11 +119,18 @@ def member_floor(args, member: int = 0) -> float | None:
     return args.floor_db[member % len(args.floor_db)]
 
 
+def member_voices(args, member: int = 0) -> str:
+    """The training voices (a key of ``VOICES``) of ensemble member ``member``: the values of ``--voices`` in turn;
+    one model takes the first."""
+    return args.voices[member % len(args.voices)]
+
+
 def member_flags(args, member: int) -> dict:
-    """What member ``member``'s run changes in the ensemble's flags: its one stem (``member_stem``) and its one floor
-    (``member_floor``)."""
+    """What member ``member``'s run changes in the ensemble's flags: its one stem (``member_stem``), its one floor
+    (``member_floor``) and its one training set (``member_voices``)."""
     conv, width = member_stem(args, member)
-    return {"conv": [conv], "conv_channels": [width], "floor_db": [member_floor(args, member)]}
+    return {"conv": [conv], "conv_channels": [width], "floor_db": [member_floor(args, member)],
+            "voices": [member_voices(args, member)]}
 
 
 def floor_db_value(text: str) -> float | None:
@@ -238,10 +248,11 @@ def add_arguments(parser) -> None:
     model.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
     model.add_argument("--label-smoothing", type=float, default=0.1)
     data = parser.add_argument_group("training data and augmentation")
-    data.add_argument("--accented-voices", action=argparse.BooleanOptionalAction, default=False,
-                      help=f"train on {AccentedSpokenDigits.name}: spoken-digits and eight Festival voices of other "
-                           "languages reading the digits respelled (off: behind on the held-out engine in one draw, "
-                           "docs/exps.md)")
+    data.add_argument("--voices", choices=tuple(VOICES), nargs="+", default=["plain"],
+                      help=f"the training set: plain ({DATASET}) or accented ({AccentedSpokenDigits.name}: eight "
+                           "Festival voices of other languages reading the digits respelled added; not the default: "
+                           "behind on the held-out engine, docs/exps.md); with --members, member k trains on the "
+                           "k-th value modulo their number")
     data.add_argument("--engines", nargs="+", choices=TRAIN_ENGINES, default=list(TRAIN_ENGINES),
                       help="train on the utterances of these engines only")
     data.add_argument("--speed", type=float, nargs=2, default=(0.85, 1.15), metavar=("LOW", "HIGH"),
@@ -299,6 +310,9 @@ def check_arguments(parser, args) -> None:
         parser.error(f"--conv: several stems ({' '.join(args.conv)}) are trained one per ensemble member, in turn: "
                      f"expected --input conv and --members >= {len(args.conv)}, got --input {args.input} and "
                      f"--members {args.members}")
+    if len(args.voices) > args.members:
+        parser.error(f"--voices: each member trains on one training set, in turn: expected at most --members "
+                     f"{args.members} values, got {len(args.voices)}: {' '.join(args.voices)}")
     if min(args.eval_speeds) <= 0:
         parser.error(f"--eval-speeds: expected positive speed factors, got {list(args.eval_speeds)}")
     if args.max_shift < 0 or not 0 < min(args.speed) <= max(args.speed):
@@ -380,10 +394,10 @@ def reported(found: dict, matrices: dict[str, list]) -> dict:
     }
 
 
-def run_shards(args) -> dict:
-    dataset = AccentedSpokenDigits.name if args.accented_voices else DATASET
-    return ensure_shards(dataset, args.data, ("train",) + tuple(split for split, _ in EVALUATIONS), limit=args.limit,
-                         seed=args.seed)
+def run_shards(args, member: int = 0) -> dict:
+    """The shards of member ``member``'s training set (``member_voices``; one model: the first)."""
+    return ensure_shards(VOICES[member_voices(args, member)], args.data,
+                         ("train",) + tuple(split for split, _ in EVALUATIONS), limit=args.limit, seed=args.seed)
 
 
 def train_one(args) -> dict:
@@ -442,8 +456,11 @@ def train_ensemble(args) -> dict:
     ``--resume`` continues or, finished, keeps), trained ``--members-at-once`` at a time, then their ensemble scored
     as one model and saved in ``OUT/model``."""
     # Built (when missing) with the ensemble's seed before any member runs, so that every member finds these shards
-    # rather than building its own from its own seed.
+    # rather than building its own from its own seed; the ensemble is scored on the first member's evaluation splits
+    # (every training set's are the same clips).
     shards = run_shards(args)
+    for member in range(1, min(args.members, len(args.voices))):
+        run_shards(args, member)
     members, at_once = train_members(train_one, args, describe=describe_member, flags=member_flags)
     ensemble = load_ensemble(args)
     run = start_run(args, name=NAME)

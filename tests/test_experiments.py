@@ -121,13 +121,35 @@ def test_spoken_digits_tiny_run_reports_held_out_voices_engine_and_real_speech(t
     assert {"confusion_matrix", "engine_confusion_matrix", "real_confusion_matrix"} <= images
 
 
-@pytest.mark.parametrize("flag, dataset", [([], "spoken-digits"), (["--accented-voices"], "spoken-digits-accented")])
-def test_spoken_digits_accented_voices_pick_their_own_shards(tmp_path, monkeypatch, flag, dataset):
+@pytest.mark.parametrize("flag, dataset", [([], "spoken-digits"), (["--voices", "accented"], "spoken-digits-accented")])
+def test_spoken_digits_voices_pick_their_own_shards(tmp_path, monkeypatch, flag, dataset):
     asked = []
     monkeypatch.setattr(spoken_digits, "ensure_shards", lambda name, *rest, **kwargs: asked.append(name) or {})
     args = spoken_digits.parse_arguments(["--out", str(tmp_path / "run"), *flag])
     spoken_digits.run_shards(args)
     assert asked == [dataset] and "festival-accented" in args.engines
+
+
+def test_spoken_digits_members_take_the_voices_in_turn(tmp_path, monkeypatch, capsys):
+    args = spoken_digits.parse_arguments(["--out", str(tmp_path / "run"), "--members", "3", "--voices", "plain",
+                                          "accented"])
+    assert [spoken_digits.member_voices(args, k) for k in range(3)] == ["plain", "accented", "plain"]
+    member = member_runs.member_arguments(args, 1, **spoken_digits.member_flags(args, 1))
+    assert spoken_digits.member_voices(member) == "accented" and member.seed == 1
+    asked = []
+    monkeypatch.setattr(spoken_digits, "ensure_shards", lambda name, *rest, **kwargs: asked.append(name) or {})
+    spoken_digits.run_shards(member)
+    assert asked == ["spoken-digits-accented"]
+    # The ensemble builds every member's training set before any member runs, then trains none here.
+    monkeypatch.setattr(spoken_digits, "train_members", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop")))
+    asked.clear()
+    with pytest.raises(RuntimeError, match="stop"):
+        spoken_digits.train_ensemble(args)
+    assert asked == ["spoken-digits", "spoken-digits-accented"]
+    with pytest.raises(SystemExit):
+        spoken_digits.parse_arguments(["--voices", "plain", "accented"])
+    assert "--voices: each member trains on one training set, in turn: expected at most --members 1 values, got 2" \
+        in capsys.readouterr().err
 
 
 def test_spoken_digits_members_train_apart_and_are_scored_as_their_ensemble(tmp_path, data, capsys):
@@ -137,7 +159,7 @@ def test_spoken_digits_members_train_apart_and_are_scored_as_their_ensemble(tmp_
             "--floor-db", "none", "30"]
     returned = spoken_digits.main(argv)
     printed = capsys.readouterr().out
-    assert "member 1 of 2: seed 1, --conv time-mel-frames --conv-channels 8 --floor-db 30.0, in" in printed
+    assert "member 1 of 2: seed 1, --conv time-mel-frames --conv-channels 8 --floor-db 30.0 --voices plain, in" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == returned and metrics["members"] == 2 and metrics["test_samples"] == 20
     members = [json.loads((out / f"member-{k}" / "metrics.json").read_text()) for k in range(2)]
@@ -271,7 +293,7 @@ def test_spoken_digits_members_take_the_conv_stems_in_turn(capsys):
     assert [spoken_digits.member_stem(args, k) for k in range(2)] == [("time", 16), ("time-mel-frames", 16)]
     args = spoken_digits.parse_arguments(["--members", "2", *stems, "--conv-channels", "16", "8"])
     assert spoken_digits.member_flags(args, 1) == {"conv": ["time-mel-frames"], "conv_channels": [8],
-                                                   "floor_db": [None]}
+                                                   "floor_db": [None], "voices": ["plain"]}
     member = member_runs.member_arguments(args, 1, **spoken_digits.member_flags(args, 1))
     assert spoken_digits.member_stem(member) == ("time-mel-frames", 8) and member.seed == 1
     args = spoken_digits.parse_arguments(["--members", "3", "--floor-db", "none", "30"])
