@@ -1,8 +1,10 @@
 """Spoken digits: classify spoken 0–9 with a Perceiver IO over a log-mel spectrogram, trained on synthetic voices.
 
 The shards (``perceiver.data``'s spoken-digits) are built under ``--data`` when absent: speech from espeak-ng,
-flite, Festival and SAM, plus SVOX Pico and Asterisk's recorded digits (``--voices accented``: spoken-digits-accented,
-whose training set adds eight Festival voices of other languages; not the default, docs/exps.md). Three evaluations:
+flite, Festival and SAM, plus SVOX Pico and Asterisk's recorded digits. The model trains on spoken-digits-accented
+(``--voices accented``, the default), whose training set adds eight Festival voices of other languages reading the
+digits respelled, so speakers with accents (ahead on held-out voices and on both stand-ins for real speakers in three
+draws, docs/exps.md); ``--voices plain`` trains on spoken-digits' voices alone. Three evaluations:
 
 - ``test``: voices held out of training, of the four training engines (speakers never heard);
 - ``engine``: every utterance of SVOX Pico, an engine never heard in training: the measure of domain shift that
@@ -248,11 +250,11 @@ def add_arguments(parser) -> None:
     model.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
     model.add_argument("--label-smoothing", type=float, default=0.1)
     data = parser.add_argument_group("training data and augmentation")
-    data.add_argument("--voices", choices=tuple(VOICES), nargs="+", default=["plain"],
-                      help=f"the training set: plain ({DATASET}) or accented ({AccentedSpokenDigits.name}: eight "
-                           "Festival voices of other languages reading the digits respelled added; not the default: "
-                           "behind on the held-out engine, docs/exps.md); with --members, member k trains on the "
-                           "k-th value modulo their number")
+    data.add_argument("--voices", choices=tuple(VOICES), nargs="+", default=["accented"],
+                      help=f"the training set: accented ({AccentedSpokenDigits.name}: {DATASET}'s voices and eight "
+                           "Festival voices of other languages reading the digits respelled; the default, "
+                           f"docs/exps.md) or plain ({DATASET}); with --members, member k trains on the k-th value "
+                           "modulo their number")
     data.add_argument("--engines", nargs="+", choices=TRAIN_ENGINES, default=list(TRAIN_ENGINES),
                       help="train on the utterances of these engines only")
     data.add_argument("--speed", type=float, nargs=2, default=(0.85, 1.15), metavar=("LOW", "HIGH"),
