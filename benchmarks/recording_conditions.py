@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from benchmarks.report import check_models, provenance, publish
 from experiments.predict_digits import scoring_settings
-from experiments.spoken_digits import DATASET, SAMPLE_RATE, cut_to_speech, plain_and_speed_averaged_log_probs
+from experiments.spoken_digits import SAMPLE_RATE, add_eval_data_args, cut_to_speech, plain_and_speed_averaged_log_probs
 from perceiver.augment import add_hum, add_white_noise, clip_peaks, telephone_band, trim_to_speech
 from perceiver.config import load_model
 from perceiver.data import find_shards, make_loader
@@ -107,6 +107,7 @@ def markdown(report: dict) -> str:
     conditions = report["conditions"]
     lines = ["# Spoken digits under recording conditions", "",
              f"- command: `{report['command']}`", f"- machine: {report['machine']}",
+             f"- clips: {report['dataset']}'s evaluation splits",
              "- each cell: plain accuracy / averaged over playback speeds", "",
              "| model | split | clips | " + " | ".join(conditions) + " |",
              "| --- | --- | ---: | " + " | ".join("---:" for _ in conditions) + " |"]
@@ -122,7 +123,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.recording_conditions",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", type=Path, help="model folders saved by experiments.spoken_digits")
-    parser.add_argument("--data", type=Path, default=Path("data"), help=f"holds the {DATASET} shards in DATA/{DATASET}")
+    add_eval_data_args(parser)
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS))
     parser.add_argument("--conditions", nargs="+", choices=tuple(CONDITIONS), default=list(CONDITIONS))
     parser.add_argument("--limit", type=int, default=None, help="clips scored per split (default: all)")
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     set_threads(args.threads)
-    shards = {split: find_shards(args.data / DATASET, DATASET, split) for split in args.splits}
+    shards = {split: find_shards(args.data / args.dataset, args.dataset, split) for split in args.splits}
     rows = []
     for model_dir in args.models:
         model = load_model(model_dir).eval()
@@ -155,8 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append({"model": str(model_dir), "split": split, **hits})
             print(f"{model_dir} {split}: " + ", ".join(
                 f"{name} {100 * h['plain'] / h['clips']:.1f}%" for name, h in hits.items()), flush=True)
-    return publish({**provenance("benchmarks.recording_conditions", argv), "conditions": list(args.conditions),
-                    "rows": rows}, markdown, args.out)
+    return publish({**provenance("benchmarks.recording_conditions", argv), "dataset": args.dataset,
+                    "conditions": list(args.conditions), "rows": rows}, markdown, args.out)
 
 
 if __name__ == "__main__":

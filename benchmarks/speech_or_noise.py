@@ -28,7 +28,7 @@ import torch
 from benchmarks.recording_conditions import CONDITIONS, batches_of
 from benchmarks.report import check_models, provenance, publish
 from experiments.predict_digits import scoring_settings
-from experiments.spoken_digits import DATASET, SAMPLE_RATE, cut_to_speech, plain_and_speed_averaged_log_probs
+from experiments.spoken_digits import SAMPLE_RATE, add_eval_data_args, cut_to_speech, plain_and_speed_averaged_log_probs
 from perceiver.augment import add_hum, colored_noise, remove_dc
 from perceiver.config import load_model
 from perceiver.data import find_shards
@@ -84,7 +84,8 @@ def quantiles(values: torch.Tensor) -> list[float]:
 def markdown(report: dict) -> str:
     heads = " | ".join(f"q{round(100 * q)}" for q in QUANTILES)
     lines = ["# Speech or no speech: frame range and a model's confidence", "",
-             f"- command: `{report['command']}`", f"- machine: {report['machine']}", "",
+             f"- command: `{report['command']}`", f"- machine: {report['machine']}",
+             f"- speech: {report['dataset']}'s evaluation splits", "",
              f"| clips | kind | n | frame range dB: {heads} | top probability: {heads} |",
              "| --- | --- | ---: | " + " | ".join("---:" for _ in range(2 * len(QUANTILES))) + " |"]
     for row in report["rows"]:
@@ -107,7 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.speech_or_noise", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None,
                         help="a model folder saved by experiments.spoken_digits: adds its top probability")
-    parser.add_argument("--data", type=Path, default=Path("data"), help=f"holds the {DATASET} shards in DATA/{DATASET}")
+    add_eval_data_args(parser)
     parser.add_argument("--splits", nargs="+", choices=("real", "engine", "test"), default=["real", "engine", "test"])
     parser.add_argument("--conditions", nargs="+", choices=tuple(CONDITIONS),
                         default=["clean", "trimmed-25", "noise", "hum"])
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = []
     for split in args.splits:
-        shards = find_shards(args.data / DATASET, DATASET, split)
+        shards = find_shards(args.data / args.dataset, args.dataset, split)
         for condition in args.conditions:
             pieces = [CONDITIONS[condition][1](batch["audio"], batch["audio_pad_mask"],
                                                torch.Generator().manual_seed(index))
@@ -150,7 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(row("speech", f"{split}, {condition}", pieces))
     for kind, piece in no_speech(args.no_speech_clips, seed=0).items():
         rows.append(row("no speech", kind, [piece]))
-    return publish({**provenance("benchmarks.speech_or_noise", argv), "rows": rows}, markdown, args.out)
+    return publish({**provenance("benchmarks.speech_or_noise", argv), "dataset": args.dataset,
+                    "rows": rows}, markdown, args.out)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -73,6 +74,11 @@ NAME = "spoken_digits"
 DATASET = "spoken-digits"
 # What --voices picks: the dataset a model trains on (their test, engine and real splits are the same clips).
 VOICES = {"plain": DATASET, "accented": AccentedSpokenDigits.name}
+DEFAULT_VOICES = "accented"
+# Where benchmarks read the evaluation splits by default: the default's training set, the one the README's command
+# builds. Its test, engine and real splits hold the same clips as spoken-digits' (tested), so a model scores alike
+# on either.
+EVAL_DATASET = VOICES[DEFAULT_VOICES]
 CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SAMPLE_RATE = 16000
 # Every engine a training split may hold (spoken-digits-accented adds Festival's accented voices to spoken-digits').
@@ -250,7 +256,7 @@ def add_arguments(parser) -> None:
     model.add_argument("--widening-factor", type=int, default=2, help="MLP width / attention width")
     model.add_argument("--label-smoothing", type=float, default=0.1)
     data = parser.add_argument_group("training data and augmentation")
-    data.add_argument("--voices", choices=tuple(VOICES), nargs="+", default=["accented"],
+    data.add_argument("--voices", choices=tuple(VOICES), nargs="+", default=[DEFAULT_VOICES],
                       help=f"the training set: accented ({AccentedSpokenDigits.name}: {DATASET}'s voices and eight "
                            "Festival voices of other languages reading the digits respelled; the default, "
                            f"docs/exps.md) or plain ({DATASET}); with --members, member k trains on the k-th value "
@@ -394,6 +400,14 @@ def reported(found: dict, matrices: dict[str, list]) -> dict:
         # What each real recording (one per digit, 0 to 9) was taken for: the ten-sample confusion matrix in a word.
         "real_predictions": "".join(str(row.index(max(row))) if sum(row) else "-" for row in matrices.get("real", [])),
     }
+
+
+def add_eval_data_args(parser: argparse.ArgumentParser) -> None:
+    """``--data`` and ``--dataset``: where a benchmark reads the evaluation splits' shards (DATA/DATASET)."""
+    parser.add_argument("--data", type=Path, default=Path("data"), help="holds the shards in DATA/DATASET")
+    parser.add_argument("--dataset", choices=tuple(VOICES.values()), default=EVAL_DATASET,
+                        help=f"whose evaluation splits to read: the same clips in each (default: {EVAL_DATASET}, "
+                             "which the default training builds)")
 
 
 def run_shards(args, member: int = 0) -> dict:

@@ -10,6 +10,7 @@ import torch
 from benchmarks import recording_conditions
 from experiments import spoken_digits
 from perceiver.data.build import encode_sample
+from perceiver.data.errors import MissingShardsError
 from perceiver.data.shards import ShardWriter
 from perceiver.data.sources.base import stored_audio
 from perceiver.masks import pad_mask_from_lengths
@@ -39,11 +40,11 @@ def shards(tmp_path):
     return write_engine_shards(tmp_path / "data")
 
 
-def write_engine_shards(data):
-    """An ``engine`` split in ``data``: clips labelled with the tiny model's own plain prediction, so that hits are
-    not all zero."""
+def write_engine_shards(data, dataset=spoken_digits.EVAL_DATASET):
+    """An ``engine`` split of ``dataset`` in ``data``: clips labelled with the tiny model's own plain prediction, so
+    that hits are not all zero."""
     model = tiny_model()
-    with ShardWriter(data / spoken_digits.DATASET, spoken_digits.DATASET, "engine", shard_size=4) as writer:
+    with ShardWriter(data / dataset, dataset, "engine", shard_size=4) as writer:
         for i in range(CLIPS):
             waveform = np.pad(word(i, 0.6, 16000), (1600 * (i % 3), 800))  # silences of 0-0.2 s before
             audio, pad_mask = spoken_digits.cut_to_speech(
@@ -69,7 +70,7 @@ def test_each_cell_is_the_experiments_scoring_of_the_conditioned_clips(shards, t
     (row,) = report["rows"]
     model = tiny_model()
     batches = list(recording_conditions.batches_of(
-        sorted(str(p) for p in (shards / spoken_digits.DATASET).glob("*.tar")), 5, 2))
+        sorted(str(p) for p in (shards / spoken_digits.EVAL_DATASET).glob("*.tar")), 5, 2))
     assert [len(b["label"]) for b in batches] == [2, 2, 1]  # the limit, in batches of two
     for name in conditions:
         plain_hits = averaged_hits = 0
@@ -87,6 +88,22 @@ def test_each_cell_is_the_experiments_scoring_of_the_conditioned_clips(shards, t
             averaged_hits += int((averaged.argmax(1) == batch["label"]).sum())
         assert row[name] == {"clips": 5, "plain": plain_hits, "speed_averaged": averaged_hits}
     assert row["clean"]["plain"] >= 4  # the labels are the model's own predictions (the stored clips are 16-bit)
+
+
+def test_dataset_picks_whose_evaluation_clips_are_read(tmp_path):
+    """By default the shards of the default training set, which the README's command builds; --dataset names the
+    other, and a set not built is an error with its build command."""
+    assert spoken_digits.EVAL_DATASET == spoken_digits.VOICES[spoken_digits.DEFAULT_VOICES] == "spoken-digits-accented"
+    model_dir = tmp_path / "run" / "model"
+    tiny_model().save_pretrained(model_dir)
+    data = write_engine_shards(tmp_path / "data", spoken_digits.DATASET)
+    flags = [str(model_dir), "--data", str(data), "--splits", "engine", "--limit", "3", "--conditions", "clean",
+             "--threads", "1"]
+    report = recording_conditions.main(flags + ["--dataset", spoken_digits.DATASET])
+    assert report["dataset"] == spoken_digits.DATASET and report["rows"][0]["clean"]["clips"] == 3
+    assert f"- clips: {spoken_digits.DATASET}'s evaluation splits" in recording_conditions.markdown(report)
+    with pytest.raises(MissingShardsError, match=f"python -m perceiver.data build {spoken_digits.EVAL_DATASET} "):
+        recording_conditions.main(flags)
 
 
 def test_bad_arguments_name_the_flag(tmp_path, capsys):

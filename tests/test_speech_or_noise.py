@@ -64,7 +64,7 @@ def test_each_row_summarises_its_clips_end_to_end(tmp_path):
     assert "| speech | engine, hum | 5 |" in table and "| no speech | digital silence | 3 |" in table
     assert [row["kind"] for row in report["rows"]] == ["engine, clean", "engine, hum", *speech_or_noise.no_speech(3, 0)]
     model = tiny_model()
-    shard_paths = sorted(str(p) for p in (shards / spoken_digits.DATASET).glob("*.tar"))
+    shard_paths = sorted(str(p) for p in (shards / spoken_digits.EVAL_DATASET).glob("*.tar"))
     batches = list(recording_conditions.batches_of(shard_paths, 5, 100))
     hum = [recording_conditions.CONDITIONS["hum"][1](b["audio"], b["audio_pad_mask"], torch.Generator().manual_seed(i))
            for i, b in enumerate(batches)]
